@@ -1,0 +1,143 @@
+// Package config binds command-line flags to environment variables, so every setting of the
+// segedge programs can be given either way: `-nats-url` on the command line or NATS_URL in the
+// environment. A flag given on the command line wins over the environment, which wins over the
+// default. `-h` lists every setting with its variable.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Set is a flag set whose flags each have an environment variable.
+type Set struct {
+	fs  *flag.FlagSet
+	env map[string]string // flag name -> variable name
+}
+
+// New returns an empty set for the program name. Usage is written to out.
+func New(program string, out io.Writer) *Set {
+	fs := flag.NewFlagSet(program, flag.ContinueOnError)
+	fs.SetOutput(out)
+	s := &Set{fs: fs, env: map[string]string{}}
+	fs.Usage = func() { s.usage(out) }
+	return s
+}
+
+// String defines a string setting.
+func (s *Set) String(p *string, name, env, def, usage string) {
+	s.fs.StringVar(p, name, def, usage)
+	s.env[name] = env
+}
+
+// Bool defines a boolean setting.
+func (s *Set) Bool(p *bool, name, env string, def bool, usage string) {
+	s.fs.BoolVar(p, name, def, usage)
+	s.env[name] = env
+}
+
+// Int defines an integer setting.
+func (s *Set) Int(p *int, name, env string, def int, usage string) {
+	s.fs.IntVar(p, name, def, usage)
+	s.env[name] = env
+}
+
+// Duration defines a duration setting ("5s", "250ms").
+func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
+	s.fs.DurationVar(p, name, def, usage)
+	s.env[name] = env
+}
+
+// ErrHelp is returned by Parse when -h or -help was given; the usage has been printed.
+var ErrHelp = flag.ErrHelp
+
+// Parse reads args, then fills every flag not given on the command line from its environment
+// variable (looked up with lookup, normally os.LookupEnv). An unparseable value is an error that
+// names the variable.
+func (s *Set) Parse(args []string, lookup func(string) (string, bool)) error {
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	if s.fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", s.fs.Arg(0))
+	}
+	given := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	s.fs.VisitAll(func(f *flag.Flag) {
+		env := s.env[f.Name]
+		if given[f.Name] || env == "" {
+			return
+		}
+		v, ok := lookup(env)
+		if !ok {
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("invalid value %q for %s: %v", v, env, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (s *Set) usage(out io.Writer) {
+	fmt.Fprintf(out, "Usage of %s:\n", s.fs.Name())
+	var names []string
+	s.fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	sort.Strings(names)
+	for _, n := range names {
+		f := s.fs.Lookup(n)
+		def := f.DefValue
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(out, "  -%s (env %s, default %s)\n    \t%s\n", n, s.env[n], def, f.Usage)
+	}
+}
+
+// Names returns each flag with its environment variable, for docs and tests.
+func (s *Set) Names() map[string]string {
+	out := make(map[string]string, len(s.env))
+	for k, v := range s.env {
+		out[k] = v
+	}
+	return out
+}
+
+// CheckAddr reports whether addr is a host:port a server can listen on.
+func CheckAddr(setting, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s %q is not host:port: %v", setting, addr, err)
+	}
+	_ = host
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%s %q: port %q is not a number from 0 to 65535", setting, addr, port)
+	}
+	return nil
+}
+
+// CheckURL reports whether raw is an absolute URL with one of the schemes.
+func CheckURL(setting, raw string, schemes ...string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%s %q is not a URL: %v", setting, raw, err)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%s %q has no host; want e.g. %s://127.0.0.1:port", setting, raw, schemes[0])
+	}
+	for _, s := range schemes {
+		if strings.EqualFold(u.Scheme, s) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s %q: scheme %q is not one of %s", setting, raw, u.Scheme, strings.Join(schemes, ", "))
+}

@@ -1,0 +1,85 @@
+package config
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagBeatsEnvBeatsDefault(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, nil, "127.0.0.1:7070"},
+		{"env", nil, map[string]string{"ORIGIN_ADDR": ":9000"}, ":9000"},
+		{"flag wins", []string{"-origin-addr", ":9001"}, map[string]string{"ORIGIN_ADDR": ":9000"}, ":9001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var addr string
+			s := New("origin", &bytes.Buffer{})
+			s.String(&addr, "origin-addr", "ORIGIN_ADDR", "127.0.0.1:7070", "listen address")
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			if err := s.Parse(tt.args, lookup); err != nil {
+				t.Fatal(err)
+			}
+			if addr != tt.want {
+				t.Fatalf("addr = %q, want %q", addr, tt.want)
+			}
+		})
+	}
+}
+
+func TestBadEnvValueNamesTheVariable(t *testing.T) {
+	var d time.Duration
+	s := New("edge", &bytes.Buffer{})
+	s.Duration(&d, "timeout", "SEGEDGE_TIMEOUT", time.Second, "")
+	err := s.Parse(nil, func(string) (string, bool) { return "soon", true })
+	if err == nil || !strings.Contains(err.Error(), "SEGEDGE_TIMEOUT") {
+		t.Fatalf("err = %v, want it to name SEGEDGE_TIMEOUT", err)
+	}
+}
+
+func TestUsageListsVariables(t *testing.T) {
+	var out bytes.Buffer
+	var u string
+	s := New("edge", &out)
+	s.String(&u, "nats-url", "NATS_URL", "", "the NATS server")
+	if err := s.Parse([]string{"-h"}, func(string) (string, bool) { return "", false }); err != ErrHelp {
+		t.Fatalf("err = %v, want ErrHelp", err)
+	}
+	if !strings.Contains(out.String(), "-nats-url (env NATS_URL") {
+		t.Fatalf("usage does not name the variable:\n%s", out.String())
+	}
+}
+
+func TestCheckURL(t *testing.T) {
+	tests := []struct {
+		raw string
+		ok  bool
+	}{
+		{"nats://127.0.0.1:4222", true},
+		{"redis://127.0.0.1:6379/0", true},
+		{"127.0.0.1:4222", false},
+		{"http://%zz", false},
+		{"ftp://x:1", false},
+	}
+	for _, tt := range tests {
+		err := CheckURL("NATS_URL", tt.raw, "nats", "redis", "tls", "rediss")
+		if (err == nil) != tt.ok {
+			t.Errorf("CheckURL(%q) = %v, want ok=%v", tt.raw, err, tt.ok)
+		}
+	}
+}
+
+func TestCheckAddr(t *testing.T) {
+	for addr, ok := range map[string]bool{"127.0.0.1:8080": true, ":0": true, "8080": false, "x:y": false, "h:70000": false} {
+		if err := CheckAddr("EDGE_ADDR", addr); (err == nil) != ok {
+			t.Errorf("CheckAddr(%q) = %v, want ok=%v", addr, err, ok)
+		}
+	}
+}
