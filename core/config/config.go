@@ -141,3 +141,9 @@ func CheckURL(setting, raw string, schemes ...string) error {
 	}
 	return fmt.Errorf("%s %q: scheme %q is not one of %s", setting, raw, u.Scheme, strings.Join(schemes, ", "))
 }
+
+// OneLine renders err on a single line (joined errors are separated by "; "), for the one line
+// a program prints before it exits.
+func OneLine(err error) string {
+	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+}

@@ -1,0 +1,66 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/config"
+)
+
+// Config is every setting of the origin. Each field is a flag with an environment variable of
+// the same name (see Flags); the zero value is not useful, use Flags to get the defaults.
+type Config struct {
+	Addr               string        // ORIGIN_ADDR: the HTTP API, health and metrics
+	NATSURL            string        // NATS_URL: unset = start an embedded NATS server
+	NATSEmbedAddr      string        // SEGEDGE_NATS_EMBED_ADDR: where the embedded server listens
+	NATSPrefix         string        // SEGEDGE_NATS_PREFIX: prefix for streams and subjects
+	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT: first connection deadline
+	RedisURL           string        // REDIS_URL: unset = in-memory profiles
+	DataDir            string        // SEGEDGE_DATA_DIR: embedded JetStream's store
+	AdminToken         string        // SEGEDGE_ADMIN_TOKEN: bearer token of the admin API
+	WriteKey           string        // SEGEDGE_WRITE_KEY: bearer key of server-side ingest
+	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
+	LogFormat          string        // LOG_FORMAT: text or json
+	LogLevel           string        // LOG_LEVEL
+	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT: grace for in-flight requests
+}
+
+// Flags defines the origin's settings on a new config.Set, writing into c.
+func Flags(c *Config, usage io.Writer) *config.Set {
+	s := config.New("origin", usage)
+	s.String(&c.Addr, "origin-addr", "ORIGIN_ADDR", "127.0.0.1:7070", "listen address of the origin's HTTP API, /healthz, /readyz and /metrics")
+	s.String(&c.NATSURL, "nats-url", "NATS_URL", "", "NATS server URL; empty: start an embedded NATS server with JetStream")
+	s.String(&c.NATSEmbedAddr, "nats-embed-addr", "SEGEDGE_NATS_EMBED_ADDR", "127.0.0.1:4250", "listen address of the embedded NATS server (used when NATS_URL is empty)")
+	s.String(&c.NATSPrefix, "nats-prefix", "SEGEDGE_NATS_PREFIX", "", "prefix for every stream and subject, to share one NATS between installations")
+	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 10*time.Second, "how long to wait for the first NATS connection before giving up")
+	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "Redis URL for profiles (redis://host:port/db); empty: in-memory profiles")
+	s.String(&c.DataDir, "data-dir", "SEGEDGE_DATA_DIR", ".data", "directory for durable local state (the embedded JetStream store)")
+	s.String(&c.AdminToken, "admin-token", "SEGEDGE_ADMIN_TOKEN", "", "bearer token for the admin API (rulesets, users, invalidate); empty: admin API refuses every request")
+	s.String(&c.WriteKey, "write-key", "SEGEDGE_WRITE_KEY", "", "bearer key for POST /v1/events at the origin; empty: server-side ingest refuses every request")
+	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
+	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
+	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
+	return s
+}
+
+// Validate checks what can be checked without touching the network.
+func (c *Config) Validate() error {
+	var errs []error
+	errs = append(errs, config.CheckAddr("ORIGIN_ADDR", c.Addr))
+	if c.NATSURL != "" {
+		errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
+	} else {
+		errs = append(errs, config.CheckAddr("SEGEDGE_NATS_EMBED_ADDR", c.NATSEmbedAddr))
+	}
+	if c.RedisURL != "" {
+		errs = append(errs, config.CheckURL("REDIS_URL", c.RedisURL, "redis", "rediss", "unix"))
+	}
+	if c.Partitions < 1 || c.Partitions > 1024 {
+		errs = append(errs, fmt.Errorf("SEGEDGE_PARTITIONS %d: want 1 to 1024", c.Partitions))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,198 @@
+// Package server runs the origin: it wires NATS (embedded or external), the profile store, the
+// ingest API, the segment engine and the admin API together, serves them on ORIGIN_ADDR next to
+// /healthz, /readyz and /metrics, and shuts down gracefully.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/config"
+	"github.com/segedge/segedge/core/ops"
+)
+
+// Main is the origin program: it parses args and the environment, runs until SIGINT or SIGTERM,
+// and returns the exit code. Errors are printed as one line on stderr.
+func Main(args []string, stderr io.Writer) int {
+	var cfg Config
+	fs := Flags(&cfg, stderr)
+	if err := fs.Parse(args, os.LookupEnv); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", config.OneLine(err))
+		return 2
+	}
+	log, err := ops.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", err)
+		return 2
+	}
+	// go-redis logs dial retries on its own to stderr; route them to our logger at debug level so
+	// the one-line error below is what a person sees.
+	redis.SetLogger(redisLogger{log})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, cfg, log); err != nil {
+		fmt.Fprintf(stderr, "origin: %v\n", config.OneLine(err))
+		return 1
+	}
+	return 0
+}
+
+// Run starts the origin and blocks until ctx is done, then shuts down: it stops accepting, lets
+// in-flight requests finish within cfg.ShutdownTimeout, and closes NATS and the store.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	reg := ops.NewRegistry()
+	var ready ops.Readiness
+
+	// Listen first, so a taken port fails before anything else starts.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (ORIGIN_ADDR): %w", cfg.Addr, err)
+	}
+	defer ln.Close()
+
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		dir := filepath.Join(cfg.DataDir, "nats")
+		emb, err := bus.StartEmbedded(bus.EmbeddedOptions{Addr: cfg.NATSEmbedAddr, StoreDir: dir})
+		if err != nil {
+			return err
+		}
+		defer emb.Shutdown()
+		natsURL = emb.ClientURL()
+		log.Info("embedded NATS server started", "url", natsURL, "store", dir)
+	}
+	nc, err := bus.Connect(ctx, natsURL, "segedge-origin", cfg.NATSConnectTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	topo := bus.Topology{Prefix: cfg.NATSPrefix, Partitions: cfg.Partitions}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = bus.EnsureStreams(sctx, js, topo, bus.StreamOptions{})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("%w (is JetStream enabled on %s?)", err, nc.ConnectedUrlRedacted())
+	}
+	ready.Add("nats", func(context.Context) error { return bus.Check(nc) })
+
+	if cfg.RedisURL != "" {
+		rdb, err := connectRedis(ctx, cfg.RedisURL)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		ready.Add("store", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+		log.Info("profile store: redis", "addr", rdb.Options().Addr)
+	} else {
+		log.Info("profile store: in memory (set REDIS_URL for Redis)")
+	}
+	if cfg.AdminToken == "" {
+		log.Warn("SEGEDGE_ADMIN_TOKEN is empty: the admin API refuses every request")
+	}
+	if cfg.WriteKey == "" {
+		log.Warn("SEGEDGE_WRITE_KEY is empty: POST /v1/events at the origin refuses every request")
+	}
+
+	mux := http.NewServeMux()
+	ops.Mount(mux, reg, &ready)
+	s := &origin{cfg: cfg, log: log, reg: reg, nc: nc, js: js, topo: topo}
+	s.routes(mux)
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("origin listening", "addr", ln.Addr().String(), "nats", nc.ConnectedUrlRedacted(), "partitions", cfg.Partitions)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownTimeout)
+	sctx, cancel = context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		log.Warn("nats drain", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func connectRedis(ctx context.Context, url string) (*redis.Client, error) {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL %q: %w", url, err)
+	}
+	opt.DialTimeout = 2 * time.Second
+	opt.ReadTimeout = 2 * time.Second
+	opt.WriteTimeout = 2 * time.Second
+	rdb := redis.NewClient(opt)
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("connect to Redis at %s: %w", opt.Addr, err)
+	}
+	return rdb, nil
+}
+
+// origin holds what the HTTP handlers need.
+type origin struct {
+	cfg  Config
+	log  *slog.Logger
+	reg  prometheus.Registerer
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	topo bus.Topology
+}
+
+func (o *origin) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "segedge origin\n")
+	})
+}
+
+// redisLogger adapts go-redis's internal logging to slog.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
