@@ -1,0 +1,9 @@
+;; Malicious: reads far outside its memory.
+(module
+  (memory (export "memory") 1)
+  (func (export "segedge_abi_version") (result i32) (i32.const 1))
+  (func (export "segedge_input_ptr") (result i32) (i32.const 1024))
+  (func (export "segedge_input_cap") (result i32) (i32.const 4096))
+  (func (export "segedge_output_ptr") (result i32) (i32.const 8192))
+  (func (export "segedge_eval") (param i32) (result i32)
+    (i32.load (i32.const 0x7ffffff0))))
