@@ -1,0 +1,44 @@
+package event
+
+import (
+	"testing"
+	"time"
+)
+
+// FuzzDecode guards that no body, however broken, makes Decode panic, and that every event it
+// returns is valid.
+func FuzzDecode(f *testing.F) {
+	seeds := []string{
+		`[{"event_id":"e1","user_id":"u1","type":"page_view","ts":"2026-11-29T11:00:00Z","props":{"a":1}}]`,
+		`{"event_id":"e1","user_id":"u1","type":"page_view","ts":1795950000000}`,
+		"{\"event_id\":\"e1\",\"user_id\":\"u1\",\"type\":\"a\"}\n{\"event_id\":\"e2\"}\n",
+		`[{"props":{"a":[[[[[[]]]]]]}}]`,
+		`[{"event_id":"\u0000","user_id":"","type":"","ts":-1e308}]`,
+		`[1,"x",null,{}]`,
+		`{"props":"\"}{"}`,
+		``,
+		`[`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s), "application/json")
+		f.Add([]byte(s), "application/x-ndjson")
+	}
+	lim := Limits{MaxBodyBytes: 1 << 16, MaxBatch: 50, MaxPropsBytes: 1024}
+	f.Fuzz(func(t *testing.T, body []byte, contentType string) {
+		evs, errs, err := Decode(body, contentType, lim, now)
+		if err != nil && (evs != nil || errs != nil) {
+			t.Fatalf("whole-request error %v also returned events", err)
+		}
+		for _, ev := range evs {
+			if ev.ID == "" || ev.UserID == "" || !ValidType(ev.Type) {
+				t.Fatalf("invalid event returned: %+v", ev)
+			}
+			if ev.TS.After(now.Add(DefaultMaxFuture)) || ev.TS.Before(now.Add(-DefaultRetention)) {
+				t.Fatalf("ts out of range returned: %v", ev.TS)
+			}
+			if _, err := EncodeWire(ev, time.Now()); err != nil {
+				t.Fatalf("a decoded event does not encode: %v", err)
+			}
+		}
+	})
+}
