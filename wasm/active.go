@@ -60,13 +60,13 @@ func (a *Active) Evaluate(ctx context.Context, input, output []byte) error {
 // Swap makes m current. It takes over the caller's reference to m (the one
 // Load returned): the caller must not Release it. The replaced version
 // becomes the fallback for quarantine (unless it was itself quarantined); the
-// version that was the fallback is released.
+// version that was the fallback is released. On error the caller keeps its
+// reference.
 func (a *Active) Swap(m *Module) error {
 	if m == nil {
 		return errors.New("swap: nil module")
 	}
 	if m.Quarantined() {
-		m.Release()
 		return errors.New("swap: module " + m.name + " is quarantined")
 	}
 	a.mu.Lock()
