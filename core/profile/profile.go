@@ -1,0 +1,385 @@
+// Package profile is the profile model and its semantics, independent of where profiles are
+// stored: what an event changes (Spec.Plan and Profile.Apply), and what a feature reads at a
+// given time (Profile.Value). Stores (origin/store) persist the same state and must produce the
+// same results; their conformance suite holds them to it.
+package profile
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/segedge/segedge/core/event"
+)
+
+// Profile is everything known about one user.
+type Profile struct {
+	UserID  string    `json:"user_id"`
+	Version int64     `json:"version"` // incremented by every applied event
+	Created time.Time `json:"created"` // server time of the first applied event
+	Updated time.Time `json:"updated"` // server time of the last applied event
+	// Traits set by identify events; a deleted trait stays as a tombstone (absent Value) so that a
+	// late, older identify cannot bring it back.
+	Traits   map[string]Trait      `json:"traits,omitempty"`
+	LastSeen map[string]time.Time  `json:"last_seen,omitempty"` // event type → latest event ts
+	Series   map[SeriesKey]*Series `json:"series,omitempty"`
+	Scores   map[string]Score      `json:"scores,omitempty"`
+}
+
+// Trait is a trait value and the ts of the event that set it.
+type Trait struct {
+	Value Value     `json:"value"`
+	TS    time.Time `json:"ts"`
+}
+
+// Series holds the non-empty buckets of one count or sum, oldest first.
+type Series struct {
+	Buckets []Bucket `json:"buckets"`
+}
+
+// Bucket is the count or sum of the events whose ts falls in [Idx·res, (Idx+1)·res) (Unix time).
+type Bucket struct {
+	Idx int64   `json:"i"`
+	V   float64 `json:"v"`
+}
+
+// Score is a decayed score as of AsOf; read it with Profile.Value, which decays it to now.
+type Score struct {
+	Value    float64       `json:"value"`
+	AsOf     time.Time     `json:"as_of"`
+	HalfLife time.Duration `json:"half_life"`
+}
+
+// New returns an empty profile.
+func New(userID string) *Profile {
+	return &Profile{UserID: userID}
+}
+
+// Update is everything one event changes in a profile, computed from the event and the Spec by
+// Spec.Plan. Stores apply it atomically: the memory store with Profile.Apply, the Redis store
+// in one Lua script with the same arithmetic.
+type Update struct {
+	EventID string
+	UserID  string
+	Type    string
+	TS      time.Time // the event's time: decides buckets, last-seen, trait order, score decay
+	Now     time.Time // the server's time: created/updated, bucket pruning
+	Traits  []TraitUpdate
+	Series  []SeriesUpdate
+	Scores  []ScoreUpdate
+}
+
+// TraitUpdate sets (or, with an absent Value, deletes) a trait.
+type TraitUpdate struct {
+	Name  string
+	Value Value
+}
+
+// SeriesUpdate adds Delta to bucket Idx of series Key, and drops every bucket below MinIdx (the
+// buckets that no window of the series can reach any more). When Idx < MinIdx the event is too
+// old for the series and only the pruning happens.
+type SeriesUpdate struct {
+	Key    SeriesKey
+	Idx    int64
+	Delta  float64
+	MinIdx int64
+}
+
+// ScoreUpdate adds Weight at the event's ts to score Name.
+type ScoreUpdate struct {
+	Name     string
+	Weight   float64
+	HalfLife time.Duration
+}
+
+// Plan computes what ev changes under spec at server time now. A nil spec maintains only
+// traits, last-seen and the version.
+func (s *Spec) Plan(ev event.Event, now time.Time) Update {
+	// Times are kept to the millisecond, as every store persists them.
+	u := Update{EventID: ev.ID, UserID: ev.UserID, Type: ev.Type,
+		TS: ev.TS.Truncate(time.Millisecond).UTC(), Now: now.Truncate(time.Millisecond).UTC()}
+	if ev.Type == TraitEventType {
+		for name, x := range ev.Props {
+			u.Traits = append(u.Traits, TraitUpdate{Name: name, Value: ValueOf(x)})
+		}
+		slices.SortFunc(u.Traits, func(a, b TraitUpdate) int {
+			if a.Name < b.Name {
+				return -1
+			}
+			if a.Name > b.Name {
+				return 1
+			}
+			return 0
+		})
+	}
+	if s == nil {
+		return u
+	}
+	p := s.plan(ev.Type)
+	if p == nil {
+		return u
+	}
+	tsMs, nowMs := u.TS.UnixMilli(), u.Now.UnixMilli()
+	for _, sp := range p.series {
+		delta := 1.0
+		if sp.key.Prop != "" {
+			f, ok := number(ev.Props[sp.key.Prop])
+			if !ok {
+				continue
+			}
+			delta = f
+		}
+		res := sp.key.Res.Milliseconds()
+		u.Series = append(u.Series, SeriesUpdate{
+			Key: sp.key, Idx: floorDiv(tsMs, res), Delta: delta,
+			MinIdx: floorDiv(nowMs-sp.keep.Milliseconds(), res),
+		})
+	}
+	for _, sc := range p.scores {
+		u.Scores = append(u.Scores, ScoreUpdate{Name: sc.name, Weight: sc.weight, HalfLife: sc.halfLife})
+	}
+	return u
+}
+
+// Apply applies an update: version+1, updated (and created, the first time), last-seen kept at
+// the maximum ts, traits last-writer-wins by ts, buckets added and pruned, scores decayed and
+// added. Apply does not deduplicate by event id; stores do.
+func (p *Profile) Apply(u Update) {
+	p.Version++
+	now := u.Now.UTC()
+	if p.Created.IsZero() {
+		p.Created = now
+	}
+	p.Updated = now
+	ts := u.TS.UTC()
+	if last, ok := p.LastSeen[u.Type]; !ok || ts.After(last) {
+		if p.LastSeen == nil {
+			p.LastSeen = map[string]time.Time{}
+		}
+		p.LastSeen[u.Type] = ts
+	}
+	for _, t := range u.Traits {
+		if old, ok := p.Traits[t.Name]; ok && old.TS.After(ts) {
+			continue
+		}
+		if p.Traits == nil {
+			p.Traits = map[string]Trait{}
+		}
+		p.Traits[t.Name] = Trait{Value: t.Value, TS: ts}
+	}
+	for _, su := range u.Series {
+		if p.Series == nil {
+			p.Series = map[SeriesKey]*Series{}
+		}
+		s := p.Series[su.Key]
+		if s == nil {
+			s = &Series{}
+			p.Series[su.Key] = s
+		}
+		s.add(su)
+		if len(s.Buckets) == 0 {
+			delete(p.Series, su.Key)
+		}
+	}
+	for _, su := range u.Scores {
+		if p.Scores == nil {
+			p.Scores = map[string]Score{}
+		}
+		p.Scores[su.Name] = addScore(p.Scores[su.Name], su, ts)
+	}
+}
+
+func (s *Series) add(su SeriesUpdate) {
+	// Prune: buckets are sorted, so drop a prefix.
+	drop := 0
+	for drop < len(s.Buckets) && s.Buckets[drop].Idx < su.MinIdx {
+		drop++
+	}
+	s.Buckets = slices.Delete(s.Buckets, 0, drop)
+	if su.Idx < su.MinIdx {
+		return
+	}
+	i, found := slices.BinarySearchFunc(s.Buckets, su.Idx, func(b Bucket, idx int64) int {
+		switch {
+		case b.Idx < idx:
+			return -1
+		case b.Idx > idx:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		s.Buckets[i].V += su.Delta
+		return
+	}
+	s.Buckets = slices.Insert(s.Buckets, i, Bucket{Idx: su.Idx, V: su.Delta})
+}
+
+// addScore adds a weight at ts: a newer event decays the stored value to ts first; an older
+// (out-of-order) event adds its weight already decayed to the stored as-of time.
+func addScore(sc Score, su ScoreUpdate, ts time.Time) Score {
+	if sc.AsOf.IsZero() {
+		return Score{Value: su.Weight, AsOf: ts, HalfLife: su.HalfLife}
+	}
+	sc.HalfLife = su.HalfLife
+	if !ts.Before(sc.AsOf) {
+		sc.Value = sc.Value*decay(ts.Sub(sc.AsOf), su.HalfLife) + su.Weight
+		sc.AsOf = ts
+	} else {
+		sc.Value += su.Weight * decay(sc.AsOf.Sub(ts), su.HalfLife)
+	}
+	return sc
+}
+
+// decay is 2^(-d/halfLife), computed on milliseconds as the Redis script does.
+func decay(d, halfLife time.Duration) float64 {
+	if d <= 0 || halfLife <= 0 {
+		return 1
+	}
+	return math.Pow(2, -float64(d.Milliseconds())/float64(halfLife.Milliseconds()))
+}
+
+// Value computes feature f at time now:
+//   - trait: the trait's value; absent (false) when never set or deleted;
+//   - count: an Int, the events of the type in the trailing window (bucket-aligned, see
+//     BucketSize); 0 when none, including when the Spec does not maintain that window;
+//   - sum: a Double, the sum of the prop over the window; 0 when none;
+//   - since: an Int, whole seconds since the latest event of the type (0 if it is in the future);
+//     absent when never seen;
+//   - score: a Double, the score decayed to now; 0 when never scored.
+//
+// Value does not allocate.
+func (p *Profile) Value(f Feature, now time.Time) (Value, bool) {
+	switch f.Kind {
+	case FeatureTrait:
+		t, ok := p.Traits[f.Name]
+		if !ok || t.Value.IsAbsent() {
+			return Value{}, false
+		}
+		return t.Value, true
+	case FeatureCount:
+		return IntValue(int64(math.Round(p.window(f.Name, "", f.Window, now)))), true
+	case FeatureSum:
+		return DoubleValue(p.window(f.Name, f.Prop, f.Window, now)), true
+	case FeatureSince:
+		last, ok := p.LastSeen[f.Name]
+		if !ok {
+			return Value{}, false
+		}
+		return IntValue(max(0, int64(now.Sub(last)/time.Second))), true
+	case FeatureScore:
+		sc, ok := p.Scores[f.Name]
+		if !ok {
+			return DoubleValue(0), true
+		}
+		v := sc.Value
+		if now.After(sc.AsOf) {
+			v *= decay(now.Sub(sc.AsOf), sc.HalfLife)
+		}
+		return DoubleValue(v), true
+	}
+	return Value{}, false
+}
+
+// window sums the buckets that overlap (now-w, now] (and any ahead of now, from clock skew).
+func (p *Profile) window(typ, prop string, w time.Duration, now time.Time) float64 {
+	if w <= 0 {
+		return 0
+	}
+	key := SeriesKey{Type: typ, Prop: prop, Res: BucketSize(w)}
+	s := p.Series[key]
+	if s == nil {
+		return 0
+	}
+	from := floorDiv(now.UnixMilli()-w.Milliseconds(), key.Res.Milliseconds())
+	total := 0.0
+	for i := len(s.Buckets) - 1; i >= 0 && s.Buckets[i].Idx >= from; i-- {
+		total += s.Buckets[i].V
+	}
+	return total
+}
+
+// NextExpiry returns the earliest time after now at which a windowed count or sum of spec will
+// change with no new event — when the oldest counted bucket leaves its window — so the origin
+// can re-evaluate time-based segment exits then. false: nothing will expire.
+func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
+	if spec == nil {
+		return time.Time{}, false
+	}
+	var best int64
+	found := false
+	nowMs := now.UnixMilli()
+	check := func(typ, prop string, windows []time.Duration) {
+		for _, w := range windows {
+			if w <= 0 {
+				continue
+			}
+			key := SeriesKey{Type: typ, Prop: prop, Res: BucketSize(w)}
+			s := p.Series[key]
+			if s == nil {
+				continue
+			}
+			res, wMs := key.Res.Milliseconds(), w.Milliseconds()
+			from := floorDiv(nowMs-wMs, res)
+			for _, b := range s.Buckets {
+				if b.Idx < from || b.V == 0 {
+					continue
+				}
+				// The bucket stops overlapping the window when now-w reaches its end.
+				at := (b.Idx+1)*res + wMs
+				if at > nowMs && (!found || at < best) {
+					best, found = at, true
+				}
+				break
+			}
+		}
+	}
+	for typ, windows := range spec.Counts {
+		check(typ, "", windows)
+	}
+	for k, windows := range spec.Sums {
+		check(k.Type, k.Prop, windows)
+	}
+	if !found {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(best).UTC(), true
+}
+
+// Clone returns a deep copy, so a store can hand out profiles that callers may keep.
+func (p *Profile) Clone() *Profile {
+	c := *p
+	if p.Traits != nil {
+		c.Traits = make(map[string]Trait, len(p.Traits))
+		for k, v := range p.Traits {
+			c.Traits[k] = v
+		}
+	}
+	if p.LastSeen != nil {
+		c.LastSeen = make(map[string]time.Time, len(p.LastSeen))
+		for k, v := range p.LastSeen {
+			c.LastSeen[k] = v
+		}
+	}
+	if p.Series != nil {
+		c.Series = make(map[SeriesKey]*Series, len(p.Series))
+		for k, v := range p.Series {
+			c.Series[k] = &Series{Buckets: slices.Clone(v.Buckets)}
+		}
+	}
+	if p.Scores != nil {
+		c.Scores = make(map[string]Score, len(p.Scores))
+		for k, v := range p.Scores {
+			c.Scores[k] = v
+		}
+	}
+	return &c
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}
