@@ -24,6 +24,8 @@ import (
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
 )
 
@@ -122,7 +124,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	mux := http.NewServeMux()
 	ops.Mount(mux, reg, &ready)
-	s := &origin{cfg: cfg, log: log, reg: reg, nc: nc, js: js, topo: topo}
+	s := &origin{cfg: cfg, log: log, reg: reg, nc: nc, js: js, topo: topo,
+		ingest: ingest.NewPublisher(js, topo, "origin", reg), limits: event.DefaultLimits()}
 	s.routes(mux)
 
 	srv := &http.Server{
@@ -181,6 +184,9 @@ type origin struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	topo bus.Topology
+
+	ingest *ingest.Publisher
+	limits event.Limits
 }
 
 func (o *origin) routes(mux *http.ServeMux) {
@@ -188,6 +194,7 @@ func (o *origin) routes(mux *http.ServeMux) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "segedge origin\n")
 	})
+	mux.HandleFunc("POST /v1/events", bearer(o.cfg.WriteKey, "write key", o.postEvents))
 }
 
 // redisLogger adapts go-redis's internal logging to slog.

@@ -1,0 +1,167 @@
+// Package ingest is the one way events enter segedge: validated events are appended to the
+// JetStream stream EVENTS, on the partition of their user, and an event counts as accepted only
+// once JetStream has acknowledged storing it. The origin's POST /v1/events and the edge's browser
+// beacon both use it, so both give the same guarantees and the same answers.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/event"
+)
+
+// Publisher appends events to EVENTS.
+type Publisher struct {
+	js         jetstream.JetStream
+	topo       bus.Topology
+	timeout    time.Duration
+	accepted   prometheus.Counter
+	rejected   *prometheus.CounterVec
+	publishDur prometheus.Histogram
+}
+
+// Metrics are registered once per process by the program that owns the registry; component is
+// "origin" or "edge", so the names read segedge_origin_events_accepted_total and so on.
+func NewPublisher(js jetstream.JetStream, topo bus.Topology, component string, reg prometheus.Registerer) *Publisher {
+	p := &Publisher{
+		js:      js,
+		topo:    topo,
+		timeout: 5 * time.Second,
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segedge_" + component + "_events_accepted_total",
+			Help: "Events stored in the EVENTS stream (answered 202).",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "segedge_" + component + "_events_rejected_total",
+			Help: "Events refused, by reason: invalid (a field failed validation), too_large (body or batch over the limit), malformed (not JSON/NDJSON), unauthorized, unavailable (JetStream did not store it), rate_limited.",
+		}, []string{"reason"}),
+		publishDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "segedge_" + component + "_events_publish_duration_seconds",
+			Help:    "Time to store one request's events in JetStream.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+	}
+	for _, r := range []string{"invalid", "too_large", "malformed", "unauthorized", "unavailable", "rate_limited"} {
+		p.rejected.WithLabelValues(r)
+	}
+	reg.MustRegister(p.accepted, p.rejected, p.publishDur)
+	return p
+}
+
+// Reject counts refused events by reason (see the metric's help for the reasons).
+func (p *Publisher) Reject(reason string, n int) {
+	if n > 0 {
+		p.rejected.WithLabelValues(reason).Add(float64(n))
+	}
+}
+
+// Publish appends events in order and waits for JetStream's acknowledgements. It returns, per
+// event, nil when stored or the error; the message id is the event id, so a client retrying a
+// request within JetStream's duplicate window does not store an event twice.
+func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedAt time.Time) []error {
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	errs := make([]error, len(events))
+	futures := make([]jetstream.PubAckFuture, len(events))
+	for i, ev := range events {
+		body, err := event.EncodeWire(ev, acceptedAt)
+		if err != nil {
+			errs[i] = fmt.Errorf("encode event: %w", err)
+			continue
+		}
+		msg := &nats.Msg{
+			Subject: p.topo.EventSubject(event.Partition(ev.UserID, p.topo.Partitions)),
+			Data:    body,
+			Header:  nats.Header{},
+		}
+		msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+		futures[i], errs[i] = p.js.PublishMsgAsync(msg)
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = err
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("no acknowledgement from JetStream: %w", ctx.Err())
+		}
+	}
+	n, failed := 0, 0
+	for _, err := range errs {
+		if err == nil {
+			n++
+		} else {
+			failed++
+		}
+	}
+	p.accepted.Add(float64(n))
+	p.Reject("unavailable", failed)
+	p.publishDur.Observe(time.Since(t0).Seconds())
+	return errs
+}
+
+// Result is the JSON answer to an ingest request.
+type Result struct {
+	Accepted int                `json:"accepted"`
+	Rejected []event.FieldError `json:"rejected,omitempty"`
+	Error    string             `json:"error,omitempty"`
+}
+
+// Handle decodes a request body, publishes the good events and returns the HTTP status and
+// answer: 202 when every event was stored, 207-style partial success as 202 with the rejected
+// ones listed, 400/413 for a request refused as a whole, 503 when JetStream stored none.
+func (p *Publisher) Handle(ctx context.Context, body []byte, contentType string, lim event.Limits, now time.Time) (int, Result) {
+	events, fieldErrs, err := event.Decode(body, contentType, lim, now)
+	if err != nil {
+		code, reason := 400, "malformed"
+		if errors.Is(err, event.ErrBodyTooLarge) || errors.Is(err, event.ErrBatchTooLarge) {
+			code, reason = 413, "too_large"
+		}
+		p.Reject(reason, 1)
+		return code, Result{Error: err.Error()}
+	}
+	p.Reject("invalid", len(fieldErrs))
+	res := Result{Rejected: fieldErrs}
+	if len(events) == 0 {
+		res.Error = "no valid events"
+		return 400, res
+	}
+	// Map each published event back to its index in the request for the answer.
+	idx := make([]int, 0, len(events))
+	bad := make(map[int]bool, len(fieldErrs))
+	for _, fe := range fieldErrs {
+		bad[fe.Index] = true
+	}
+	for i := 0; len(idx) < len(events); i++ {
+		if !bad[i] {
+			idx = append(idx, i)
+		}
+	}
+	for i, perr := range p.Publish(ctx, events, now) {
+		if perr == nil {
+			res.Accepted++
+			continue
+		}
+		res.Rejected = append(res.Rejected, event.FieldError{Index: idx[i], Reason: "not stored: " + perr.Error()})
+	}
+	if res.Accepted == 0 {
+		res.Error = "events could not be stored; retry"
+		return 503, res
+	}
+	return 202, res
+}
+
+// AcceptedCounter is the counter of accepted events, for tests and dashboards in-process.
+func (p *Publisher) AcceptedCounter() prometheus.Counter { return p.accepted }

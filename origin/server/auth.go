@@ -1,0 +1,25 @@
+package server
+
+import (
+	"crypto/subtle"
+	"net/http"
+	"strings"
+)
+
+// bearer wraps h so it runs only for requests that carry "Authorization: Bearer <secret>". An
+// empty secret refuses everything: an unset admin token never means "open".
+func bearer(secret, realm string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || got == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`"`)
+			httpError(w, http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <"+realm+">")
+			return
+		}
+		if secret == "" || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
+			httpError(w, http.StatusForbidden, "wrong "+realm)
+			return
+		}
+		h(w, r)
+	}
+}
