@@ -1,0 +1,94 @@
+package schedule
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"time"
+)
+
+// Memory is an in-process Schedule: a min-heap per partition with an index per user.
+type Memory struct {
+	mu    sync.Mutex
+	parts map[int]*dueHeap
+}
+
+// NewMemory returns an empty schedule.
+func NewMemory() *Memory { return &Memory{parts: map[int]*dueHeap{}} }
+
+func (m *Memory) part(p int) *dueHeap {
+	h := m.parts[p]
+	if h == nil {
+		h = &dueHeap{index: map[string]int{}}
+		m.parts[p] = h
+	}
+	return h
+}
+
+// At implements Schedule.
+func (m *Memory) At(_ context.Context, p int, user string, due time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.part(p)
+	if i, ok := h.index[user]; ok {
+		if due.Before(h.items[i].due) {
+			h.items[i].due = due
+			heap.Fix(h, i)
+		}
+		return nil
+	}
+	heap.Push(h, item{user: user, due: due})
+	return nil
+}
+
+// Due implements Schedule.
+func (m *Memory) Due(_ context.Context, p int, now time.Time, max int) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.part(p)
+	var out []string
+	for h.Len() > 0 && len(out) < max && !h.items[0].due.After(now) {
+		out = append(out, heap.Pop(h).(item).user)
+	}
+	return out, nil
+}
+
+// Cancel implements Schedule.
+func (m *Memory) Cancel(_ context.Context, p int, user string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.part(p)
+	if i, ok := h.index[user]; ok {
+		heap.Remove(h, i)
+	}
+	return nil
+}
+
+type item struct {
+	user string
+	due  time.Time
+}
+
+type dueHeap struct {
+	items []item
+	index map[string]int
+}
+
+func (h *dueHeap) Len() int           { return len(h.items) }
+func (h *dueHeap) Less(i, j int) bool { return h.items[i].due.Before(h.items[j].due) }
+func (h *dueHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.index[h.items[i].user] = i
+	h.index[h.items[j].user] = j
+}
+func (h *dueHeap) Push(x any) {
+	it := x.(item)
+	h.index[it.user] = len(h.items)
+	h.items = append(h.items, it)
+}
+func (h *dueHeap) Pop() any {
+	it := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	delete(h.index, it.user)
+	return it
+}

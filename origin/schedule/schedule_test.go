@@ -1,0 +1,65 @@
+package schedule
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/segedge/segedge/core/testenv"
+)
+
+func conformance(t *testing.T, s Schedule) {
+	ctx := context.Background()
+	t0 := time.Unix(1_800_000_000, 0)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.At(ctx, 0, "alice", t0.Add(30*time.Minute)))
+	must(s.At(ctx, 0, "alice", t0.Add(40*time.Minute))) // later: the earlier stays
+	must(s.At(ctx, 0, "bob", t0.Add(10*time.Minute)))
+	must(s.At(ctx, 0, "bob", t0.Add(5*time.Minute))) // earlier: replaces
+	must(s.At(ctx, 1, "carol", t0.Add(time.Minute)))
+	must(s.At(ctx, 0, "dave", t0.Add(time.Minute)))
+	must(s.Cancel(ctx, 0, "dave"))
+
+	tests := []struct {
+		at   time.Duration
+		part int
+		want []string
+	}{
+		{4 * time.Minute, 0, nil},
+		{5 * time.Minute, 0, []string{"bob"}},
+		{5 * time.Minute, 0, nil}, // taken once
+		{29 * time.Minute, 0, nil},
+		{2 * time.Hour, 0, []string{"alice"}},
+		{2 * time.Hour, 1, []string{"carol"}},
+	}
+	for _, tt := range tests {
+		got, err := s.Due(ctx, tt.part, t0.Add(tt.at), 100)
+		must(err)
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("Due(p%d, +%s) = %v, want %v", tt.part, tt.at, got, tt.want)
+		}
+	}
+
+	// max bounds one take; the rest stays for the next.
+	for i := range 5 {
+		must(s.At(ctx, 2, string(rune('a'+i)), t0))
+	}
+	first, _ := s.Due(ctx, 2, t0, 3)
+	rest, _ := s.Due(ctx, 2, t0, 3)
+	if len(first) != 3 || len(rest) != 2 {
+		t.Errorf("takes of 3 from 5: %v then %v", first, rest)
+	}
+}
+
+func TestMemory(t *testing.T) { conformance(t, NewMemory()) }
+
+func TestRedis(t *testing.T) {
+	r := testenv.StartRedis(t)
+	conformance(t, NewRedis(r.Client, r.Prefix))
+}
