@@ -1,0 +1,114 @@
+// Package members keeps, per user, the segment membership last published in a delta and that
+// delta's version. The engine diffs a new evaluation against it to know what entered and exited,
+// and takes the next version from it, so versions increase strictly per user across restarts.
+//
+// Only the worker that owns a user's partition writes the user's record, so plain reads and
+// writes suffice (no compare-and-set on the hot path).
+package members
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Record is what was last published for a user.
+type Record struct {
+	Version uint64   `json:"v"`
+	Members []string `json:"m"` // sorted
+}
+
+// Store keeps records.
+type Store interface {
+	// Get returns the user's record; a user never published has the zero Record.
+	Get(ctx context.Context, user string) (Record, error)
+	// Put replaces the user's record; it expires after the retention unless put again.
+	Put(ctx context.Context, user string, r Record) error
+	// Delete forgets the user.
+	Delete(ctx context.Context, user string) error
+}
+
+// Memory is the in-process Store.
+type Memory struct {
+	mu sync.RWMutex
+	m  map[string]Record
+}
+
+// NewMemory returns an empty store.
+func NewMemory() *Memory { return &Memory{m: map[string]Record{}} }
+
+// Get implements Store.
+func (s *Memory) Get(_ context.Context, user string) (Record, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.m[user], nil
+}
+
+// Put implements Store.
+func (s *Memory) Put(_ context.Context, user string, r Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[user] = r
+	return nil
+}
+
+// Delete implements Store.
+func (s *Memory) Delete(_ context.Context, user string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, user)
+	return nil
+}
+
+// Redis keeps each record as a JSON string under <prefix>{u:<user>}:m, hash-tagged like the
+// profile so both live on one Redis Cluster slot.
+type Redis struct {
+	c         redis.UniversalClient
+	prefix    string
+	retention time.Duration
+}
+
+// NewRedis returns a store whose keys start with prefix and expire after retention.
+func NewRedis(c redis.UniversalClient, prefix string, retention time.Duration) *Redis {
+	return &Redis{c: c, prefix: prefix, retention: retention}
+}
+
+func (s *Redis) key(user string) string { return s.prefix + "{u:" + user + "}:m" }
+
+// Get implements Store.
+func (s *Redis) Get(ctx context.Context, user string) (Record, error) {
+	b, err := s.c.Get(ctx, s.key(user)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, nil
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("read membership: %w", err)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, fmt.Errorf("read membership: %w", err)
+	}
+	return r, nil
+}
+
+// Put implements Store.
+func (s *Redis) Put(ctx context.Context, user string, r Record) error {
+	b, _ := json.Marshal(r)
+	if err := s.c.Set(ctx, s.key(user), b, s.retention).Err(); err != nil {
+		return fmt.Errorf("write membership: %w", err)
+	}
+	return nil
+}
+
+// Delete implements Store.
+func (s *Redis) Delete(ctx context.Context, user string) error {
+	if err := s.c.Del(ctx, s.key(user)).Err(); err != nil {
+		return fmt.Errorf("delete membership: %w", err)
+	}
+	return nil
+}
