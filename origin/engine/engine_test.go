@@ -1,0 +1,194 @@
+package engine
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/delta"
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/ingest"
+	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/testenv"
+	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/schedule"
+	"github.com/segedge/segedge/origin/store"
+	"github.com/segedge/segedge/origin/store/memory"
+)
+
+// cartRules is a ruleset written in Go for the engine's own tests: cart_abandoner is
+// count("add_to_cart", "30m") > 0. (The compiled wasm rulesets are tested end to end elsewhere.)
+type cartRules struct{ spec *profile.Spec }
+
+var cartFeature = profile.Feature{Kind: profile.FeatureCount, Name: "add_to_cart", Window: 30 * time.Minute}
+
+func newCartRules(t *testing.T) *cartRules {
+	spec, err := profile.NewSpec([]profile.Feature{cartFeature}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cartRules{spec: spec}
+}
+
+func (r *cartRules) Version() uint64                 { return 7 }
+func (r *cartRules) Spec() *profile.Spec             { return r.spec }
+func (r *cartRules) EdgeFeatures() []profile.Feature { return nil }
+func (r *cartRules) Segments(_ context.Context, p *profile.Profile, now time.Time, dst []string) ([]string, error) {
+	if v, ok := p.Value(cartFeature, now); ok && v.Int > 0 {
+		dst = append(dst, "cart_abandoner")
+	}
+	return dst, nil
+}
+
+// clock is a controllable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+type rig struct {
+	n      *testenv.NATS
+	eng    *Engine
+	pub    *ingest.Publisher
+	deltas jetstream.MessagesContext
+	clk    *clock
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Now()}
+	rules := newCartRules(t)
+	eng, err := New(Config{
+		JS: n.JS, Topology: n.Topology,
+		Store:    memory.New(store.Options{Now: clk.Now}),
+		Members:  members.NewMemory(),
+		Schedule: schedule.NewMemory(),
+		Rules:    func() Rules { return rules },
+		Now:      clk.Now,
+		DuePoll:  10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run(ctx)
+	cons, err := n.JS.OrderedConsumer(ctx, n.Topology.DeltasStream(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(it.Stop)
+	return &rig{n: n, eng: eng, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry()), deltas: it, clk: clk}
+}
+
+func (r *rig) send(t *testing.T, evs ...event.Event) {
+	t.Helper()
+	for i, err := range r.pub.Publish(context.Background(), evs, r.clk.Now()) {
+		if err != nil {
+			t.Fatalf("publish event %d: %v", i, err)
+		}
+	}
+}
+
+func (r *rig) next(t *testing.T) *delta.Delta {
+	t.Helper()
+	msg, err := r.deltas.Next(jetstream.NextMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatalf("no delta: %v", err)
+	}
+	d, err := delta.Decode(msg.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (r *rig) none(t *testing.T, within time.Duration) {
+	t.Helper()
+	if msg, err := r.deltas.Next(jetstream.NextMaxWait(within)); err == nil {
+		t.Fatalf("unexpected delta: %s", msg.Data())
+	}
+}
+
+func TestEventEntersSegmentAndTimeMakesItExit(t *testing.T) {
+	r := newRig(t)
+	r.send(t, event.Event{ID: "e1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	d := r.next(t)
+	if d.UserID != "alice" || d.Version != 1 || d.Ruleset != 7 || d.Cause != delta.CauseEvent ||
+		!slices.Equal(d.Entered, []string{"cart_abandoner"}) || !slices.Equal(d.Members, []string{"cart_abandoner"}) || d.AcceptedAt == 0 {
+		t.Fatalf("first delta = %+v", d)
+	}
+
+	// The same event again (a retrying client past JetStream's duplicate window, or a
+	// redelivery): applied once, no new delta.
+	r.send(t, event.Event{ID: "e1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	// A different user's event is independent.
+	r.send(t, event.Event{ID: "e2", UserID: "bob", Type: "page_view", TS: r.clk.Now()})
+	r.none(t, 300*time.Millisecond)
+
+	// 29 minutes later she is still in; past the window (plus one bucket) she leaves with no event.
+	r.clk.Add(29 * time.Minute)
+	r.none(t, 200*time.Millisecond)
+	r.clk.Add(3 * time.Minute)
+	d = r.next(t)
+	if d.Cause != delta.CauseExpiry || d.Version != 2 || !slices.Equal(d.Exited, []string{"cart_abandoner"}) || len(d.Members) != 0 || d.Due == 0 {
+		t.Fatalf("expiry delta = %+v", d)
+	}
+}
+
+func TestEraseTellsEdgesToForget(t *testing.T) {
+	r := newRig(t)
+	r.send(t, event.Event{ID: "e1", UserID: "carol", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); d.Version != 1 {
+		t.Fatalf("delta = %+v", d)
+	}
+	if err := r.eng.Erase(context.Background(), "carol"); err != nil {
+		t.Fatal(err)
+	}
+	d := r.next(t)
+	if !d.Erased || d.Version != 2 || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+		t.Fatalf("erase delta = %+v", d)
+	}
+	if _, err := r.eng.cfg.Store.Get(context.Background(), "carol"); err != store.ErrNotFound {
+		t.Fatalf("profile after erase: %v", err)
+	}
+	// No expiry delta for an erased user.
+	r.clk.Add(time.Hour)
+	r.none(t, 300*time.Millisecond)
+}
+
+func TestUnreadableEventIsDroppedAndCounted(t *testing.T) {
+	r := newRig(t)
+	if _, err := r.n.JS.Publish(context.Background(), r.n.Topology.EventSubject(event.Partition("dave", r.n.Topology.Partitions)), []byte("not an event")); err != nil {
+		t.Fatal(err)
+	}
+	r.send(t, event.Event{ID: "e1", UserID: "dave", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); d.UserID != "dave" {
+		t.Fatalf("delta = %+v", d)
+	}
+	if got := testutil.ToFloat64(r.eng.m.poison); got != 1 {
+		t.Fatalf("unreadable counter = %v, want 1", got)
+	}
+}

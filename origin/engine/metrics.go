@@ -1,0 +1,63 @@
+package engine
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	applied, duplicates, poison, applyErrors, evalErrors, publishErrors prometheus.Counter
+	deltas                                                              *prometheus.CounterVec
+	applyDur, ingestToProfile, ingestToDelta, expiryLateness            prometheus.Histogram
+	lag                                                                 *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	lat := prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5ms .. 16s
+	m := &metrics{
+		applied:         prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
+		duplicates:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
+		poison:          prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_unreadable_total", Help: "Messages on EVENTS that could not be decoded and were dropped."}),
+		applyErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profile_update_failures_total", Help: "Profile updates that failed and will be retried."}),
+		evalErrors:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_eval_failures_total", Help: "Ruleset evaluations that failed."}),
+		publishErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_delta_publish_failures_total", Help: "Deltas JetStream did not store (retried)."}),
+		deltas:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_deltas_published_total", Help: "Deltas published, by cause."}, []string{"cause"}),
+		applyDur:        prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_profile_update_duration_seconds", Help: "Time to apply one event to the store.", Buckets: lat}),
+		ingestToProfile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_profile_seconds", Help: "From event accepted to profile updated.", Buckets: lat}),
+		ingestToDelta:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_delta_seconds", Help: "From event accepted to its delta published.", Buckets: lat}),
+		expiryLateness:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_expiry_lateness_seconds", Help: "From a windowed rule's due time to its delta published.", Buckets: lat}),
+		lag:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Events waiting in EVENTS per partition."}, []string{"partition"}),
+	}
+	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
+		m.deltas.WithLabelValues(c)
+	}
+	reg.MustRegister(m.applied, m.duplicates, m.poison, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
+		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag)
+	return m
+}
+
+// watchLag samples each partition's consumer for its pending count every 5 seconds.
+func (e *Engine) watchLag(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		for _, p := range e.cfg.Partitions {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			c, err := e.cfg.JS.Consumer(cctx, e.cfg.Topology.EventsStream(), e.cfg.ConsumerName+"-p"+strconv.Itoa(p))
+			if err == nil {
+				if info, err := c.Info(cctx); err == nil {
+					e.m.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(info.NumPending + uint64(info.NumAckPending)))
+				}
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
