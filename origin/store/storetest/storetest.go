@@ -220,6 +220,21 @@ func Run(t *testing.T, newStore NewStore) {
 		e.expect(p, now.Add(2*24*time.Hour), map[profile.Feature]profile.Value{buy7d: profile.IntValue(3), amount7d: profile.DoubleValue(0.1 + 0.2)})
 	})
 
+	t.Run("BucketsOutsideEveryWindowArePruned", func(t *testing.T) {
+		e := setup(t, newStore, store.Options{})
+		key := profile.SeriesKey{Type: "add_to_cart", Res: profile.BucketSize(cart5m.Window)}
+		e.apply("1", "u", "add_to_cart", t0, nil)
+		e.clock.Advance(10 * time.Minute)
+		now := e.clock.Now()
+		e.apply("2", "u", "add_to_cart", now, nil)
+		e.apply("3", "u", "add_to_cart", now.Add(-20*time.Minute), nil) // too old for the 5m series
+		p := e.get("u")
+		if s := p.Series[key]; s == nil || len(s.Buckets) != 1 || s.Buckets[0].V != 1 {
+			t.Fatalf("%s buckets = %+v, want only the bucket of event 2", key, s)
+		}
+		e.expect(p, now, map[profile.Feature]profile.Value{cart5m: profile.IntValue(1), cart30m: profile.IntValue(3)})
+	})
+
 	t.Run("ScoresDecayWithTheClock", func(t *testing.T) {
 		e := setup(t, newStore, store.Options{})
 		e.apply("p", "u", "purchase", t0, nil)             // +20
