@@ -14,3 +14,7 @@ func TestConformance(t *testing.T) {
 		return s
 	})
 }
+
+func BenchmarkApply(b *testing.B) {
+	storetest.BenchmarkApply(b, New(store.Options{}), 1)
+}

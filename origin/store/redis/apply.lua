@@ -5,6 +5,8 @@
 --       then series count, then per series: field, bucket index, delta, min index,
 --       then score count, then per score: field, weight, half-life ms.
 -- Returns {applied (0/1), HGETALL of the profile}.
+-- All profile fields the event touches are read with one HMGET and written with one HSET, to
+-- keep the number of redis.call()s (the script's main cost) small.
 local h, d = KEYS[1], KEYS[2]
 local now, ts = tonumber(ARGV[2]), tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
@@ -12,39 +14,63 @@ local seen = redis.call('ZSCORE', d, ARGV[1])
 if seen and tonumber(seen) > now - window then
   return {0, redis.call('HGETALL', h)}
 end
-redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. string.format('%d', now - window))
-redis.call('ZADD', d, now, ARGV[1])
 
-redis.call('HINCRBY', h, 'v', 1)
-redis.call('HSETNX', h, 'c', ARGV[2])
-redis.call('HSET', h, 'u', ARGV[2])
-local lf = 'l:' .. ARGV[6]
-local last = redis.call('HGET', h, lf)
-if not last or ts > tonumber(last) then
-  redis.call('HSET', h, lf, ARGV[3])
-end
-
+-- Parse the arguments and list the fields to read.
+local read = {'v', 'c', 'l:' .. ARGV[6]}
+local traits, series, scores = {}, {}, {}
 local i = 8
 for _ = 1, tonumber(ARGV[7]) do
-  local f, val = ARGV[i], ARGV[i + 1]
+  traits[#traits + 1] = {ARGV[i], ARGV[i + 1]}
+  read[#read + 1] = ARGV[i]
   i = i + 2
-  local old = redis.call('HGET', h, f)
-  local oldts = old and tonumber(string.match(old, '^(-?%d+)|'))
-  if not oldts or ts >= oldts then
-    redis.call('HSET', h, f, ARGV[3] .. '|' .. val)
-  end
 end
-
 local n = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, n do
-  local f, idx, delta, minidx = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  series[#series + 1] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+  read[#read + 1] = ARGV[i]
   i = i + 4
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  scores[#scores + 1] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
+  read[#read + 1] = ARGV[i]
+  i = i + 3
+end
+local old = redis.call('HMGET', h, unpack(read))
+
+local version = (tonumber(old[1]) or 0) + 1
+local set = {'v', version, 'u', ARGV[2]}
+local del = {}
+if not old[2] then
+  set[#set + 1] = 'c'
+  set[#set + 1] = ARGV[2]
+end
+if not old[3] or ts > tonumber(old[3]) then
+  set[#set + 1] = read[3]
+  set[#set + 1] = ARGV[3]
+end
+local r = 4
+
+for _, t in ipairs(traits) do
+  local o = old[r]
+  r = r + 1
+  local oldts = o and tonumber(string.match(o, '^(-?%d+)|'))
+  if not oldts or ts >= oldts then
+    set[#set + 1] = t[1]
+    set[#set + 1] = ARGV[3] .. '|' .. t[2]
+  end
+end
+
+for _, s in ipairs(series) do
+  local f, idx, delta, minidx = s[1], s[2], s[3], s[4]
+  local o = old[r]
+  r = r + 1
   local out = {}
   local done = idx < minidx
-  local old = redis.call('HGET', h, f)
-  if old then
-    for bs, vs in string.gmatch(old, '(-?%d+):([^,]+)') do
+  if o then
+    for bs, vs in string.gmatch(o, '(-?%d+):([^,]+)') do
       local b = tonumber(bs)
       if b >= minidx then
         if not done and b > idx then
@@ -63,21 +89,20 @@ for _ = 1, n do
     out[#out + 1] = string.format('%d:%.17g', idx, delta)
   end
   if #out == 0 then
-    redis.call('HDEL', h, f)
+    del[#del + 1] = f
   else
-    redis.call('HSET', h, f, table.concat(out, ','))
+    set[#set + 1] = f
+    set[#set + 1] = table.concat(out, ',')
   end
 end
 
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  local f, w, hl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
+for _, s in ipairs(scores) do
+  local f, w, hl = s[1], s[2], s[3]
+  local o = old[r]
+  r = r + 1
   local v, asof
-  local old = redis.call('HGET', h, f)
-  if old then
-    local vs, as = string.match(old, '^([^|]+)|(-?%d+)')
+  if o then
+    local vs, as = string.match(o, '^([^|]+)|(-?%d+)')
     v, asof = tonumber(vs), tonumber(as)
   end
   if not v or not asof then
@@ -91,8 +116,21 @@ for _ = 1, n do
   else
     v = v + w * math.pow(2, -(asof - ts) / hl)
   end
-  redis.call('HSET', h, f, string.format('%.17g|%d|%d', v, asof, hl))
+  set[#set + 1] = f
+  set[#set + 1] = string.format('%.17g|%d|%d', v, asof, hl)
 end
+
+redis.call('HSET', h, unpack(set))
+if #del > 0 then
+  redis.call('HDEL', h, unpack(del))
+end
+
+-- Dedup record: prune ids older than the window every 16th event (ZSCORE above compares
+-- with the window anyway, so a stale id never blocks an event).
+if version % 16 == 0 then
+  redis.call('ZREMRANGEBYSCORE', d, '-inf', '(' .. string.format('%d', now - window))
+end
+redis.call('ZADD', d, now, ARGV[1])
 
 local ttl = tonumber(ARGV[5])
 redis.call('PEXPIRE', h, ttl)

@@ -36,3 +36,9 @@ func TestKeysShareOneHashTagPerUser(t *testing.T) {
 		t.Error("a prefix with a brace was accepted")
 	}
 }
+
+// BenchmarkApply runs 16 goroutines per core: each Apply is one round trip to Redis, so
+// throughput comes from requests in flight.
+func BenchmarkApply(b *testing.B) {
+	storetest.BenchmarkApply(b, newTestStore(b, store.Options{}), 16)
+}
