@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // inputValue is one ABI input slot, for encodeInput.
@@ -39,50 +40,59 @@ func encodeInput(now int64, vals ...inputValue) []byte {
 	return b
 }
 
-var (
-	buildOnce sync.Once
-	builtWasm []byte
-	buildErr  error
-)
+type goBuild struct {
+	once sync.Once
+	bin  []byte
+	err  error
+}
+
+var goBuilds sync.Map // package dir -> *goBuild
 
 // buildExample compiles wasm/examples/pathpromo with the Go toolchain, as
 // the Makefile does:
 //
 //	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o pathpromo.wasm ./wasm/examples/pathpromo
-func buildExample(t testing.TB) []byte {
+func buildExample(t testing.TB) []byte { return buildGuest(t, "./examples/pathpromo") }
+
+// buildGuest builds a Go guest package (relative to wasm/) for wasip1, once
+// per test binary; it skips the test only if the toolchain lacks wasip1.
+func buildGuest(t testing.TB, pkg string) []byte {
 	t.Helper()
-	buildOnce.Do(func() {
+	v, _ := goBuilds.LoadOrStore(pkg, new(goBuild))
+	gb := v.(*goBuild)
+	gb.once.Do(func() {
+		buildErr := &gb.err
 		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
 		if _, err := os.Stat(goBin); err != nil {
-			buildErr = errors.New("skip: no go tool in GOROOT")
+			*buildErr = errors.New("skip: no go tool in GOROOT")
 			return
 		}
 		if out, err := exec.Command(goBin, "tool", "dist", "list").Output(); err != nil || !strings.Contains(string(out), "wasip1/wasm") {
-			buildErr = errors.New("skip: toolchain lacks wasip1/wasm")
+			*buildErr = errors.New("skip: toolchain lacks wasip1/wasm")
 			return
 		}
 		dir, err := os.MkdirTemp("", "segedge-guest")
 		if err != nil {
-			buildErr = err
+			*buildErr = err
 			return
 		}
 		defer os.RemoveAll(dir)
 		out := filepath.Join(dir, "pathpromo.wasm")
-		cmd := exec.Command(goBin, "build", "-buildmode=c-shared", "-o", out, "./examples/pathpromo")
+		cmd := exec.Command(goBin, "build", "-buildmode=c-shared", "-o", out, pkg)
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = errors.New("go build: " + err.Error() + "\n" + string(b))
+			*buildErr = errors.New("go build: " + err.Error() + "\n" + string(b))
 			return
 		}
-		builtWasm, buildErr = os.ReadFile(out)
+		gb.bin, *buildErr = os.ReadFile(out)
 	})
-	if buildErr != nil {
-		if strings.HasPrefix(buildErr.Error(), "skip: ") {
-			t.Skip(buildErr)
+	if gb.err != nil {
+		if strings.HasPrefix(gb.err.Error(), "skip: ") {
+			t.Skip(gb.err)
 		}
-		t.Fatal(buildErr)
+		t.Fatal(gb.err)
 	}
-	return builtWasm
+	return gb.bin
 }
 
 // The Go guest SDK example, built by the Go toolchain, loads through the same
@@ -146,5 +156,27 @@ func BenchmarkEvaluateGoGuest(b *testing.B) {
 		if err := m.Evaluate(context.Background(), in, out); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A Go guest that allocates without bound runs out of the capped memory:
+// the evaluation fails closed as a memory failure, and the module's next
+// evaluation gets a fresh instance.
+func TestGoGuestMemoryBomb(t *testing.T) {
+	bin := buildGuest(t, "./testdata/gobomb")
+	for _, pages := range []uint32{256, 1000} {
+		r, _ := newTestRuntime(t, Config{MemoryLimitPages: pages, EvalTimeout: 10 * time.Second, QuarantineAfter: -1})
+		m, err := r.Load(context.Background(), "gobomb", bin, LoadOptions{OutputLen: 16})
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		for i := 0; i < 2; i++ {
+			err := m.Evaluate(context.Background(), encodeInput(0), make([]byte, 16))
+			if !errors.Is(err, ErrMemory) {
+				t.Fatalf("cap %d pages, evaluation %d: err = %v, want ErrMemory", pages, i, err)
+			}
+		}
+		m.Release()
+		assertHealthy(t, r)
 	}
 }

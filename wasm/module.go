@@ -368,7 +368,7 @@ func (m *Module) Quarantined() bool { return m.quarantined.Load() }
 //
 // For a trusted module Evaluate allocates nothing.
 func (m *Module) Evaluate(ctx context.Context, input, output []byte) error {
-	if m.closed.Load() {
+	if m.closed.Load() || m.rt.closed.Load() {
 		return &EvalError{Module: m.name, Kind: ErrClosed}
 	}
 	if len(output) < int(m.outputLen) {

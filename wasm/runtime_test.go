@@ -166,3 +166,18 @@ func TestNewRuntimeRejectsImpossibleMemoryCap(t *testing.T) {
 		t.Fatalf("err = %v, want a MemoryLimitPages error", err)
 	}
 }
+
+func TestRuntimeCloseWithModulesOpen(t *testing.T) {
+	r, _ := newTestRuntime(t, Config{})
+	m := loadOK(t, r, "ok", true)
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := m.Evaluate(context.Background(), nil, make([]byte, okOutputLen)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Evaluate after runtime Close: err = %v, want ErrClosed", err)
+	}
+	m.Release() // must not panic
+	if _, err := r.Load(context.Background(), "late", testdata(t, "ok.wasm"), LoadOptions{OutputLen: okOutputLen}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Load after Close: err = %v, want ErrClosed", err)
+	}
+}
