@@ -136,7 +136,7 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 // Reevaluate asks the user's partition worker to re-evaluate the user now (a new ruleset, an
-// admin request) and waits for it.
+// admin request) and waits for it. Only a running engine that owns the partition can do it.
 func (e *Engine) Reevaluate(ctx context.Context, user string, cause delta.Cause) error {
 	p := event.Partition(user, e.cfg.Topology.Partitions)
 	t := task{user: user, cause: cause, done: make(chan error, 1)}
@@ -226,7 +226,11 @@ func (e *Engine) runTasks(ctx context.Context, p int) {
 	for range 64 {
 		select {
 		case t := <-e.tasks[p]:
-			t.done <- e.evaluate(ctx, p, t.user, t.cause, 0, 0)
+			if t.cause == delta.CauseErase {
+				t.done <- e.erase(ctx, p, t.user)
+			} else {
+				t.done <- e.evaluate(ctx, p, t.user, t.cause, 0, 0)
+			}
 		default:
 			return
 		}
@@ -378,9 +382,13 @@ func diff(a, b []string) (entered, exited []string) {
 	return entered, exited
 }
 
-// Erase deletes a user everywhere the origin keeps them and tells every edge to forget them.
+// Erase deletes a user everywhere the origin keeps them and tells every edge to forget them. It
+// runs on the user's partition worker, like everything that writes the user's membership.
 func (e *Engine) Erase(ctx context.Context, user string) error {
-	p := event.Partition(user, e.cfg.Topology.Partitions)
+	return e.Reevaluate(ctx, user, delta.CauseErase)
+}
+
+func (e *Engine) erase(ctx context.Context, p int, user string) error {
 	prev, err := e.cfg.Members.Get(ctx, user)
 	if err != nil {
 		return err

@@ -64,7 +64,7 @@ type rig struct {
 	n      *testenv.NATS
 	eng    *Engine
 	pub    *ingest.Publisher
-	deltas jetstream.MessagesContext
+	deltas jetstream.Consumer
 	clk    *clock
 }
 
@@ -91,16 +91,11 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	go eng.Run(ctx)
-	cons, err := n.JS.OrderedConsumer(ctx, n.Topology.DeltasStream(), jetstream.OrderedConsumerConfig{})
+	cons, err := n.JS.CreateConsumer(ctx, n.Topology.DeltasStream(), jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(it.Stop)
-	return &rig{n: n, eng: eng, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry()), deltas: it, clk: clk}
+	return &rig{n: n, eng: eng, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry()), deltas: cons, clk: clk}
 }
 
 func (r *rig) send(t *testing.T, evs ...event.Event) {
@@ -114,10 +109,11 @@ func (r *rig) send(t *testing.T, evs ...event.Event) {
 
 func (r *rig) next(t *testing.T) *delta.Delta {
 	t.Helper()
-	msg, err := r.deltas.Next(jetstream.NextMaxWait(5 * time.Second))
+	msg, err := r.deltas.Next(jetstream.FetchMaxWait(5 * time.Second))
 	if err != nil {
 		t.Fatalf("no delta: %v", err)
 	}
+	_ = msg.Ack()
 	d, err := delta.Decode(msg.Data())
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +123,7 @@ func (r *rig) next(t *testing.T) *delta.Delta {
 
 func (r *rig) none(t *testing.T, within time.Duration) {
 	t.Helper()
-	if msg, err := r.deltas.Next(jetstream.NextMaxWait(within)); err == nil {
+	if msg, err := r.deltas.Next(jetstream.FetchMaxWait(within)); err == nil {
 		t.Fatalf("unexpected delta: %s", msg.Data())
 	}
 }
