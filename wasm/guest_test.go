@@ -54,6 +54,10 @@ var goBuilds sync.Map // package dir -> *goBuild
 //	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o pathpromo.wasm ./wasm/examples/pathpromo
 func buildExample(t testing.TB) []byte { return buildGuest(t, "./examples/pathpromo") }
 
+// guestCacheDir persists wazero's compiled code of the Go guests across the
+// runtimes of one test run: compiling a 2.6 MB Go module takes seconds under -race.
+var guestCacheDir = filepath.Join(os.TempDir(), "segedge-wasm-test-cache")
+
 // buildGuest builds a Go guest package (relative to wasm/) for wasip1, once
 // per test binary; it skips the test only if the toolchain lacks wasip1.
 func buildGuest(t testing.TB, pkg string) []byte {
@@ -99,7 +103,7 @@ func buildGuest(t testing.TB, pkg string) []byte {
 // validator as any untrusted module and evaluates correctly.
 func TestGoGuestExample(t *testing.T) {
 	bin := buildExample(t)
-	r, _ := newTestRuntime(t, Config{})
+	r, _ := newTestRuntime(t, Config{CacheDir: guestCacheDir})
 	const outputLen = 16 + 4 // 2 segments (one word each bitset), 1 slot
 	m, err := r.Load(context.Background(), "pathpromo", bin, LoadOptions{OutputLen: outputLen})
 	if err != nil {
@@ -143,7 +147,7 @@ func TestGoGuestExample(t *testing.T) {
 
 func BenchmarkEvaluateGoGuest(b *testing.B) {
 	bin := buildExample(b)
-	r, _ := newTestRuntime(b, Config{})
+	r, _ := newTestRuntime(b, Config{CacheDir: guestCacheDir})
 	m, err := r.Load(context.Background(), "pathpromo", bin, LoadOptions{OutputLen: 20})
 	if err != nil {
 		b.Fatal(err)
@@ -165,7 +169,7 @@ func BenchmarkEvaluateGoGuest(b *testing.B) {
 func TestGoGuestMemoryBomb(t *testing.T) {
 	bin := buildGuest(t, "./testdata/gobomb")
 	for _, pages := range []uint32{256, 1000} {
-		r, _ := newTestRuntime(t, Config{MemoryLimitPages: pages, EvalTimeout: 10 * time.Second, QuarantineAfter: -1})
+		r, _ := newTestRuntime(t, Config{CacheDir: guestCacheDir, MemoryLimitPages: pages, EvalTimeout: 10 * time.Second, QuarantineAfter: -1})
 		m, err := r.Load(context.Background(), "gobomb", bin, LoadOptions{OutputLen: 16})
 		if err != nil {
 			t.Fatalf("Load: %v", err)

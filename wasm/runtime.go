@@ -62,6 +62,9 @@ type Config struct {
 	// PoolMax bounds the instances of one module; default 4×GOMAXPROCS.
 	// Evaluations beyond it wait for a free instance.
 	PoolMax int
+	// CacheDir, if set, persists compiled code there (wazero's file cache),
+	// so a restarted process does not recompile the same modules.
+	CacheDir string
 	// QuarantineAfter is how many consecutive failed evaluations quarantine
 	// a module held by an Active (which then falls back to its previous
 	// version). Negative disables quarantine.
@@ -132,6 +135,11 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 		return nil, fmt.Errorf("new wasm runtime: %w", err)
 	}
 	cache := wazero.NewCompilationCache()
+	if cfg.CacheDir != "" {
+		if cache, err = wazero.NewCompilationCacheWithDir(cfg.CacheDir); err != nil {
+			return nil, fmt.Errorf("new wasm runtime: compilation cache in %q: %w", cfg.CacheDir, err)
+		}
+	}
 	base := wazero.NewRuntimeConfigCompiler().
 		WithCompilationCache(cache).
 		WithMemoryLimitPages(cfg.MemoryLimitPages).
