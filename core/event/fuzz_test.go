@@ -42,3 +42,17 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeWire guards the consumer side: a corrupt JetStream message is an error, never a panic.
+func FuzzDecodeWire(f *testing.F) {
+	good, _ := EncodeWire(Event{ID: "e", UserID: "u", Type: "t", TS: now, Props: map[string]any{"a": 1.0}}, now)
+	f.Add(good)
+	f.Add([]byte(`{"event_id":"e","user_id":"u","type":"t","ts":-9223372036854775808,"accepted_at":1e400}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, _, err := DecodeWire(b)
+		if err == nil && (ev.ID == "" || ev.UserID == "" || !ValidType(ev.Type)) {
+			t.Fatalf("accepted an invalid event: %+v", ev)
+		}
+	})
+}
