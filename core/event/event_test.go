@@ -225,3 +225,25 @@ func TestWireRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecode100(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("[")
+	for i := range 100 {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		sb.WriteString(`{"event_id":"e` + strconv.Itoa(i) + `","user_id":"user-42","type":"page_view","ts":"2026-11-29T11:59:00Z","props":{"path":"/products/42","ref":"google","ms":120}}`)
+	}
+	sb.WriteString("]")
+	body := []byte(sb.String())
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		evs, errs, err := Decode(body, "application/json", Limits{}, now)
+		if err != nil || len(errs) != 0 || len(evs) != 100 {
+			b.Fatal(err, errs)
+		}
+	}
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "events/s")
+}

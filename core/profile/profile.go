@@ -5,6 +5,7 @@
 package profile
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -349,28 +350,13 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 // Clone returns a deep copy, so a store can hand out profiles that callers may keep.
 func (p *Profile) Clone() *Profile {
 	c := *p
-	if p.Traits != nil {
-		c.Traits = make(map[string]Trait, len(p.Traits))
-		for k, v := range p.Traits {
-			c.Traits[k] = v
-		}
-	}
-	if p.LastSeen != nil {
-		c.LastSeen = make(map[string]time.Time, len(p.LastSeen))
-		for k, v := range p.LastSeen {
-			c.LastSeen[k] = v
-		}
-	}
+	c.Traits = maps.Clone(p.Traits)
+	c.LastSeen = maps.Clone(p.LastSeen)
+	c.Scores = maps.Clone(p.Scores)
 	if p.Series != nil {
 		c.Series = make(map[SeriesKey]*Series, len(p.Series))
 		for k, v := range p.Series {
 			c.Series[k] = &Series{Buckets: slices.Clone(v.Buckets)}
-		}
-	}
-	if p.Scores != nil {
-		c.Scores = make(map[string]Score, len(p.Scores))
-		for k, v := range p.Scores {
-			c.Scores[k] = v
 		}
 	}
 	return &c

@@ -249,3 +249,51 @@ func TestValueDoesNotAllocate(t *testing.T) {
 		t.Errorf("Value allocates %v times", n)
 	}
 }
+
+func TestCloneIsIndependent(t *testing.T) {
+	spec := mustSpec(t, []Feature{count("a", time.Hour)}, map[string]ScoreSpec{"s": {HalfLife: time.Hour, Weights: map[string]float64{"a": 1}}})
+	p := New("u")
+	apply(p, spec, "1", "a", t0, nil)
+	apply(p, spec, "2", "identify", t0, map[string]any{"plan": "pro"})
+	c := p.Clone()
+	apply(c, spec, "3", "a", t0, nil)
+	apply(c, spec, "4", "identify", t0.Add(time.Second), map[string]any{"plan": "free"})
+	if v, _ := p.Value(count("a", time.Hour), t0); v != IntValue(1) {
+		t.Errorf("original count = %v after applying to the clone, want 1", v)
+	}
+	if v, _ := p.Value(Feature{Kind: FeatureTrait, Name: "plan"}, t0); v != StringValue("pro") {
+		t.Errorf("original trait = %v after applying to the clone", v)
+	}
+	if v, _ := p.Value(Feature{Kind: FeatureScore, Name: "s"}, t0); v != DoubleValue(1) {
+		t.Errorf("original score = %v after applying to the clone", v)
+	}
+	if v, _ := c.Value(count("a", time.Hour), t0); v != IntValue(2) {
+		t.Errorf("clone count = %v, want 2", v)
+	}
+}
+
+func BenchmarkPlanAndApply(b *testing.B) {
+	spec, _ := NewSpec([]Feature{count("page_view", 30*time.Minute), count("page_view", 7*24*time.Hour), sum("page_view", "ms", time.Hour)},
+		map[string]ScoreSpec{"engagement": {HalfLife: 7 * 24 * time.Hour, Weights: map[string]float64{"page_view": 1}}})
+	p := New("u")
+	ev := event.Event{ID: "e", UserID: "u", Type: "page_view", Props: map[string]any{"ms": 120.0}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		ev.TS = t0.Add(time.Duration(i) * time.Second)
+		p.Apply(spec.Plan(ev, ev.TS))
+	}
+}
+
+func BenchmarkValueCount30m(b *testing.B) {
+	spec, _ := NewSpec([]Feature{count("page_view", 30*time.Minute)}, nil)
+	p := New("u")
+	for i := range 200 {
+		apply(p, spec, "e", "page_view", t0.Add(time.Duration(i)*10*time.Second), nil)
+	}
+	f := count("page_view", 30*time.Minute)
+	now := t0.Add(2000 * time.Second)
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Value(f, now)
+	}
+}

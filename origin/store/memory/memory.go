@@ -31,7 +31,9 @@ const (
 	dedupSweepEvery = 256
 )
 
-// Store is the in-memory profile store.
+// Store is the in-memory profile store. Profiles are copied on write: Apply builds a new
+// profile and Get returns the current one without copying, so the profiles it returns are shared
+// and must be treated as read-only (they never change under the caller).
 type Store struct {
 	opts   store.Options
 	seed   maphash.Seed
@@ -93,7 +95,7 @@ func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (
 		sh.users[ev.UserID] = e
 	}
 	if at, ok := e.seen[ev.ID]; ok && now.Sub(at) < s.opts.DedupWindow {
-		return e.p.Clone(), false, nil
+		return e.p, false, nil
 	}
 	e.applies++
 	if e.applies%dedupSweepEvery == 0 {
@@ -104,9 +106,12 @@ func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (
 		}
 	}
 	e.seen[ev.ID] = now
-	e.p.Apply(u)
+	// Copy on write: profiles already handed out stay as they were.
+	next := e.p.Clone()
+	next.Apply(u)
+	e.p = next
 	e.expires = now.Add(s.opts.Retention)
-	return e.p.Clone(), true, nil
+	return next, true, nil
 }
 
 func (sh *shard) sweep(now time.Time) {
@@ -134,7 +139,7 @@ func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error
 		delete(sh.users, userID)
 		return nil, store.ErrNotFound
 	}
-	return e.p.Clone(), nil
+	return e.p, nil
 }
 
 // Delete implements store.Store.
