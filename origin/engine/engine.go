@@ -341,6 +341,9 @@ func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.C
 	if err := e.publish(ctx, p, d); err != nil {
 		return err
 	}
+	if err := e.cfg.Members.Count(ctx, entered, exited); err != nil {
+		e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
+	}
 	return e.cfg.Members.Put(ctx, user, members.Record{Version: d.Version, Members: segs})
 }
 
@@ -405,6 +408,9 @@ func (e *Engine) erase(ctx context.Context, p int, user string) error {
 	}
 	if err := e.publish(ctx, p, d); err != nil {
 		return err
+	}
+	if err := e.cfg.Members.Count(ctx, nil, prev.Members); err != nil {
+		e.cfg.Log.Warn("segment member counts", "err", err)
 	}
 	// Keep the version (with no members) so a later profile of the same id continues upward.
 	return e.cfg.Members.Put(ctx, user, members.Record{Version: d.Version})

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -31,16 +32,45 @@ type Store interface {
 	Put(ctx context.Context, user string, r Record) error
 	// Delete forgets the user.
 	Delete(ctx context.Context, user string) error
+	// Count adds one member to each entered segment and removes one from each exited one.
+	Count(ctx context.Context, entered, exited []string) error
+	// Counts returns the number of members of each segment.
+	Counts(ctx context.Context) (map[string]int64, error)
 }
 
 // Memory is the in-process Store.
 type Memory struct {
-	mu sync.RWMutex
-	m  map[string]Record
+	mu     sync.RWMutex
+	m      map[string]Record
+	counts map[string]int64
 }
 
 // NewMemory returns an empty store.
-func NewMemory() *Memory { return &Memory{m: map[string]Record{}} }
+func NewMemory() *Memory { return &Memory{m: map[string]Record{}, counts: map[string]int64{}} }
+
+// Count implements Store.
+func (s *Memory) Count(_ context.Context, entered, exited []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range entered {
+		s.counts[n]++
+	}
+	for _, n := range exited {
+		s.counts[n]--
+	}
+	return nil
+}
+
+// Counts implements Store.
+func (s *Memory) Counts(context.Context) (map[string]int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]int64, len(s.counts))
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out, nil
+}
 
 // Get implements Store.
 func (s *Memory) Get(_ context.Context, user string) (Record, error) {
@@ -111,4 +141,38 @@ func (s *Redis) Delete(ctx context.Context, user string) error {
 		return fmt.Errorf("delete membership: %w", err)
 	}
 	return nil
+}
+
+func (s *Redis) countsKey() string { return s.prefix + "segment_counts" }
+
+// Count implements Store (one HINCRBY per segment, pipelined).
+func (s *Redis) Count(ctx context.Context, entered, exited []string) error {
+	if len(entered)+len(exited) == 0 {
+		return nil
+	}
+	pipe := s.c.Pipeline()
+	for _, n := range entered {
+		pipe.HIncrBy(ctx, s.countsKey(), n, 1)
+	}
+	for _, n := range exited {
+		pipe.HIncrBy(ctx, s.countsKey(), n, -1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("count segment members: %w", err)
+	}
+	return nil
+}
+
+// Counts implements Store.
+func (s *Redis) Counts(ctx context.Context) (map[string]int64, error) {
+	m, err := s.c.HGetAll(ctx, s.countsKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read segment counts: %w", err)
+	}
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		out[k] = n
+	}
+	return out, nil
 }

@@ -28,6 +28,16 @@ func conformance(t *testing.T, s Store) {
 	if got, _ := s.Get(ctx, "u"); got.Version != 0 {
 		t.Fatalf("after Delete: %+v", got)
 	}
+	if err := s.Count(ctx, []string{"a", "b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Count(ctx, []string{"a"}, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	counts, err := s.Counts(ctx)
+	if err != nil || counts["a"] != 2 || counts["b"] != 0 {
+		t.Fatalf("Counts = %v, %v; want a:2 b:0", counts, err)
+	}
 }
 
 func TestMemory(t *testing.T) { conformance(t, NewMemory()) }

@@ -9,6 +9,11 @@ import (
 // bearer wraps h so it runs only for requests that carry "Authorization: Bearer <secret>". An
 // empty secret refuses everything: an unset admin token never means "open".
 func bearer(secret, realm string, h http.HandlerFunc) http.HandlerFunc {
+	return bearerAny([]string{secret}, realm, h)
+}
+
+// bearerAny is bearer with several accepted secrets (the admin token or a read-only key).
+func bearerAny(secrets []string, realm string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || got == "" {
@@ -16,10 +21,12 @@ func bearer(secret, realm string, h http.HandlerFunc) http.HandlerFunc {
 			httpError(w, http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <"+realm+">")
 			return
 		}
-		if secret == "" || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
-			httpError(w, http.StatusForbidden, "wrong "+realm)
-			return
+		for _, secret := range secrets {
+			if secret != "" && subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1 {
+				h(w, r)
+				return
+			}
 		}
-		h(w, r)
+		httpError(w, http.StatusForbidden, "wrong "+realm)
 	}
 }

@@ -19,9 +19,12 @@ type Config struct {
 	NATSPrefix         string        // SEGEDGE_NATS_PREFIX: prefix for streams and subjects
 	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT: first connection deadline
 	RedisURL           string        // REDIS_URL: unset = in-memory profiles
+	RedisPrefix        string        // SEGEDGE_REDIS_PREFIX: prefix of every Redis key
 	DataDir            string        // SEGEDGE_DATA_DIR: embedded JetStream's store
 	AdminToken         string        // SEGEDGE_ADMIN_TOKEN: bearer token of the admin API
 	WriteKey           string        // SEGEDGE_WRITE_KEY: bearer key of server-side ingest
+	ReadKey            string        // SEGEDGE_READ_KEY: bearer key for reading users and segments
+	Retention          time.Duration // SEGEDGE_RETENTION: how long idle profiles are kept
 	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
 	LogFormat          string        // LOG_FORMAT: text or json
 	LogLevel           string        // LOG_LEVEL
@@ -37,9 +40,12 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.NATSPrefix, "nats-prefix", "SEGEDGE_NATS_PREFIX", "", "prefix for every stream and subject, to share one NATS between installations")
 	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 10*time.Second, "how long to wait for the first NATS connection before giving up")
 	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "Redis URL for profiles (redis://host:port/db); empty: in-memory profiles")
+	s.String(&c.RedisPrefix, "redis-prefix", "SEGEDGE_REDIS_PREFIX", "seg:", "prefix of every Redis key, to share one Redis between installations")
 	s.String(&c.DataDir, "data-dir", "SEGEDGE_DATA_DIR", ".data", "directory for durable local state (the embedded JetStream store)")
 	s.String(&c.AdminToken, "admin-token", "SEGEDGE_ADMIN_TOKEN", "", "bearer token for the admin API (rulesets, users, invalidate); empty: admin API refuses every request")
 	s.String(&c.WriteKey, "write-key", "SEGEDGE_WRITE_KEY", "", "bearer key for POST /v1/events at the origin; empty: server-side ingest refuses every request")
+	s.String(&c.ReadKey, "read-key", "SEGEDGE_READ_KEY", "", "bearer key that may read users and segments (GET /v1/users/…, /user/segments, /v1/segments) but change nothing; empty: only the admin token reads")
+	s.Duration(&c.Retention, "retention", "SEGEDGE_RETENTION", 90*24*time.Hour, "how long an idle profile is kept after its last event")
 	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")

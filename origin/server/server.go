@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/origin/engine"
+	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/store"
 )
 
 // Main is the origin program: it parses args and the environment, runs until SIGINT or SIGTERM,
@@ -104,17 +108,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	ready.Add("nats", func(context.Context) error { return bus.Check(nc) })
 
-	if cfg.RedisURL != "" {
-		rdb, err := connectRedis(ctx, cfg.RedisURL)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
-		ready.Add("store", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-		log.Info("profile store: redis", "addr", rdb.Options().Addr)
-	} else {
-		log.Info("profile store: in memory (set REDIS_URL for Redis)")
+	st, err := openStores(ctx, cfg, log, reg, &ready)
+	if err != nil {
+		return err
 	}
+	defer st.close()
 	if cfg.AdminToken == "" {
 		log.Warn("SEGEDGE_ADMIN_TOKEN is empty: the admin API refuses every request")
 	}
@@ -125,7 +123,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	ops.Mount(mux, reg, &ready)
 	s := &origin{cfg: cfg, log: log, reg: reg, nc: nc, js: js, topo: topo,
-		ingest: ingest.NewPublisher(js, topo, "origin", reg), limits: event.DefaultLimits()}
+		ingest: ingest.NewPublisher(js, topo, "origin", reg), limits: event.DefaultLimits(),
+		store: st.profiles, members: st.members}
+	eng, err := engine.New(engine.Config{
+		JS: js, Topology: topo, Store: st.profiles, Members: st.members, Schedule: st.schedule,
+		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	s.engine = eng
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+	defer func() { stopEngine(); <-engDone }()
 	s.routes(mux)
 
 	srv := &http.Server{
@@ -158,24 +169,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
-func connectRedis(ctx context.Context, url string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL %q: %w", url, err)
-	}
-	opt.DialTimeout = 2 * time.Second
-	opt.ReadTimeout = 2 * time.Second
-	opt.WriteTimeout = 2 * time.Second
-	rdb := redis.NewClient(opt)
-	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("connect to Redis at %s: %w", opt.Addr, err)
-	}
-	return rdb, nil
-}
-
 // origin holds what the HTTP handlers need.
 type origin struct {
 	cfg  Config
@@ -185,8 +178,39 @@ type origin struct {
 	js   jetstream.JetStream
 	topo bus.Topology
 
-	ingest *ingest.Publisher
-	limits event.Limits
+	ingest  *ingest.Publisher
+	limits  event.Limits
+	store   store.Store
+	members members.Store
+	engine  *engine.Engine
+	rules   atomic.Pointer[activeRuleset]
+}
+
+// activeRuleset is the ruleset in force at this origin.
+type activeRuleset struct {
+	engine.Rules
+	segments []string
+}
+
+func (o *origin) activeRules() engine.Rules {
+	if a := o.rules.Load(); a != nil {
+		return a.Rules
+	}
+	return nil
+}
+
+func (o *origin) rulesetVersion() uint64 {
+	if a := o.rules.Load(); a != nil {
+		return a.Version()
+	}
+	return 0
+}
+
+func (o *origin) segmentNames() []string {
+	if a := o.rules.Load(); a != nil {
+		return a.segments
+	}
+	return nil
 }
 
 func (o *origin) routes(mux *http.ServeMux) {
@@ -195,6 +219,15 @@ func (o *origin) routes(mux *http.ServeMux) {
 		io.WriteString(w, "segedge origin\n")
 	})
 	mux.HandleFunc("POST /v1/events", bearer(o.cfg.WriteKey, "write key", o.postEvents))
+	admin := func(h http.HandlerFunc) http.HandlerFunc { return bearer(o.cfg.AdminToken, "admin token", h) }
+	reader := func(h http.HandlerFunc) http.HandlerFunc {
+		return bearerAny([]string{o.cfg.AdminToken, o.cfg.ReadKey}, "admin token or read key", h)
+	}
+	mux.HandleFunc("GET /v1/users/{id}", reader(o.getUser))
+	mux.HandleFunc("DELETE /v1/users/{id}", admin(o.deleteUser))
+	mux.HandleFunc("GET /v1/users/{id}/segments", reader(o.getUserSegments))
+	mux.HandleFunc("GET /user/segments", reader(o.getUserSegments))
+	mux.HandleFunc("GET /v1/segments", reader(o.listSegments))
 }
 
 // redisLogger adapts go-redis's internal logging to slog.

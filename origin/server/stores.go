@@ -1,0 +1,67 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/schedule"
+	"github.com/segedge/segedge/origin/store"
+	"github.com/segedge/segedge/origin/store/memory"
+	redisstore "github.com/segedge/segedge/origin/store/redis"
+)
+
+// stores are where the origin keeps state: profiles, last published memberships, due times.
+// All three live in Redis when REDIS_URL is set, else in memory.
+type stores struct {
+	profiles store.Store
+	members  members.Store
+	schedule schedule.Schedule
+	close    func()
+}
+
+func openStores(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, ready *ops.Readiness) (*stores, error) {
+	opts := store.Options{Retention: cfg.Retention}
+	m := store.NewMetrics(reg)
+	if cfg.RedisURL == "" {
+		log.Info("profile store: in memory (set REDIS_URL for Redis)")
+		return &stores{
+			profiles: store.Instrument(memory.New(opts), m),
+			members:  members.NewMemory(),
+			schedule: schedule.NewMemory(),
+			close:    func() {},
+		}, nil
+	}
+	opt, err := goredis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL %q: %w", cfg.RedisURL, err)
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+	rdb := goredis.NewClient(opt)
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("connect to Redis at %s: %w", opt.Addr, err)
+	}
+	prefix := cfg.RedisPrefix
+	ps, err := redisstore.New(rdb, prefix, opts)
+	if err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("profile store: %w", err)
+	}
+	ready.Add("store", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	log.Info("profile store: redis", "addr", opt.Addr)
+	return &stores{
+		profiles: store.Instrument(ps, m),
+		members:  members.NewRedis(rdb, prefix, cfg.Retention),
+		schedule: schedule.NewRedis(rdb, prefix),
+		close:    func() { ps.Close(); rdb.Close() },
+	}, nil
+}

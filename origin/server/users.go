@@ -1,0 +1,117 @@
+package server
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/origin/store"
+)
+
+// userSegments is the answer of GET /v1/users/{id}/segments and /user/segments.
+type userSegments struct {
+	UserID   string   `json:"user_id"`
+	Segments []string `json:"segments"`
+	Version  uint64   `json:"version"`
+	Ruleset  uint64   `json:"ruleset"`
+}
+
+func (o *origin) userID(w http.ResponseWriter, id string) bool {
+	if id == "" || len(id) > event.DefaultMaxIDLen {
+		httpError(w, http.StatusBadRequest, "user id must be 1 to 128 bytes")
+		return false
+	}
+	return true
+}
+
+// getUser is GET /v1/users/{id}: the profile with its segments.
+func (o *origin) getUser(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !o.userID(w, id) {
+		return
+	}
+	p, err := o.store.Get(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		httpError(w, http.StatusNotFound, "no profile for this user")
+		return
+	}
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "profile store: "+err.Error())
+		return
+	}
+	rec, err := o.members.Get(r.Context(), id)
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "membership store: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"profile":  p,
+		"segments": nonNil(rec.Members),
+		"version":  rec.Version,
+		"ruleset":  o.rulesetVersion(),
+	})
+}
+
+// getUserSegments is GET /v1/users/{id}/segments and GET /user/segments?user_id=.
+func (o *origin) getUserSegments(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if id == "" {
+		id = r.URL.Query().Get("user_id")
+	}
+	if !o.userID(w, id) {
+		return
+	}
+	rec, err := o.members.Get(r.Context(), id)
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "membership store: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, userSegments{UserID: id, Segments: nonNil(rec.Members), Version: rec.Version, Ruleset: o.rulesetVersion()})
+}
+
+// deleteUser is DELETE /v1/users/{id}: erasure of the profile, the memberships, and (through a
+// delta) the replicas on every edge.
+func (o *origin) deleteUser(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !o.userID(w, id) {
+		return
+	}
+	if err := o.engine.Erase(r.Context(), id); err != nil {
+		httpError(w, http.StatusServiceUnavailable, "erase: "+err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// listSegments is GET /v1/segments: the active ruleset's segments with their member counts.
+func (o *origin) listSegments(w http.ResponseWriter, r *http.Request) {
+	counts, err := o.members.Counts(r.Context())
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "membership store: "+err.Error())
+		return
+	}
+	type seg struct {
+		Name    string `json:"name"`
+		Members int64  `json:"members"`
+	}
+	names := o.segmentNames()
+	if names == nil {
+		for n := range counts {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
+	out := make([]seg, 0, len(names))
+	for _, n := range names {
+		out = append(out, seg{Name: n, Members: counts[n]})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ruleset": o.rulesetVersion(), "segments": out})
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
