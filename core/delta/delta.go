@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,10 +50,77 @@ type Delta struct {
 	Due int64 `json:"due,omitempty"`
 }
 
-// FeatureValue is one feature's value at the time of the delta.
+// FeatureValue is one feature's value at the time of the delta. On the wire it carries its kind
+// ("t": b, i, d or s) beside the value, so a double score of 42 stays a double.
 type FeatureValue struct {
-	Key   string        `json:"k"` // FeatureKey of the feature
-	Value profile.Value `json:"v"`
+	Key   string // FeatureKey of the feature
+	Value profile.Value
+}
+
+type wireFeature struct {
+	K string          `json:"k"`
+	T string          `json:"t"`
+	V json.RawMessage `json:"v"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (f FeatureValue) MarshalJSON() ([]byte, error) {
+	w := wireFeature{K: f.Key}
+	var err error
+	switch f.Value.Kind {
+	case profile.KindBool:
+		w.T, w.V = "b", json.RawMessage(strconv.FormatBool(f.Value.Bool))
+	case profile.KindInt:
+		w.T, w.V = "i", json.RawMessage(strconv.FormatInt(f.Value.Int, 10))
+	case profile.KindDouble:
+		if math.IsNaN(f.Value.Double) || math.IsInf(f.Value.Double, 0) {
+			return nil, fmt.Errorf("feature %s: %v cannot be sent", f.Key, f.Value.Double)
+		}
+		w.T, w.V = "d", json.RawMessage(strconv.FormatFloat(f.Value.Double, 'g', -1, 64))
+	case profile.KindString:
+		w.T = "s"
+		w.V, err = json.Marshal(f.Value.Str)
+	default:
+		return nil, fmt.Errorf("feature %s: absent values are not sent", f.Key)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *FeatureValue) UnmarshalJSON(b []byte) error {
+	var w wireFeature
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	f.Key = w.K
+	var err error
+	switch w.T {
+	case "b":
+		var v bool
+		err = json.Unmarshal(w.V, &v)
+		f.Value = profile.BoolValue(v)
+	case "i":
+		var v int64
+		err = json.Unmarshal(w.V, &v)
+		f.Value = profile.IntValue(v)
+	case "d":
+		var v float64
+		err = json.Unmarshal(w.V, &v)
+		f.Value = profile.DoubleValue(v)
+	case "s":
+		var v string
+		err = json.Unmarshal(w.V, &v)
+		f.Value = profile.StringValue(v)
+	default:
+		return fmt.Errorf("feature %s: unknown kind %q", w.K, w.T)
+	}
+	if err != nil {
+		return fmt.Errorf("feature %s: %w", w.K, err)
+	}
+	return nil
 }
 
 // FeatureKey names a feature on the wire: "trait:plan", "count:add_to_cart:30m0s",

@@ -30,7 +30,13 @@ func TestFeatureKeyRoundTrips(t *testing.T) {
 
 func TestEncodeDecode(t *testing.T) {
 	d := &Delta{UserID: "u1", Version: 7, Ruleset: 3, Cause: CauseEvent, Members: []string{"a"}, Entered: []string{"a"},
-		Features: []FeatureValue{{Key: "score:engagement", Value: profile.DoubleValue(81.5)}}, AcceptedAt: 1700000000000}
+		Features: []FeatureValue{
+			{Key: "score:engagement", Value: profile.DoubleValue(81.5)},
+			{Key: "score:loyalty", Value: profile.DoubleValue(42)},
+			{Key: "count:add_to_cart:30m0s", Value: profile.IntValue(3)},
+			{Key: "trait:plan", Value: profile.StringValue("pro")},
+			{Key: "trait:beta", Value: profile.BoolValue(true)},
+		}, AcceptedAt: 1700000000000}
 	b, err := Encode(d)
 	if err != nil {
 		t.Fatal(err)
@@ -39,8 +45,13 @@ func TestEncodeDecode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.UserID != "u1" || got.Version != 7 || got.Features[0].Value.Double != 81.5 || got.Entered[0] != "a" {
+	if got.UserID != "u1" || got.Version != 7 || got.Entered[0] != "a" || len(got.Features) != len(d.Features) {
 		t.Fatalf("round trip = %+v", got)
+	}
+	for i, f := range d.Features {
+		if got.Features[i] != f {
+			t.Errorf("feature %d = %+v, want %+v (kind kept)", i, got.Features[i], f)
+		}
 	}
 	for _, bad := range []string{`{`, `{"version":1}`, `{"user_id":"u"}`} {
 		if _, err := Decode([]byte(bad)); err == nil {
