@@ -43,7 +43,8 @@ type Options struct {
 	// event.DefaultRetention).
 	Retention time.Duration
 	// DedupWindow is how long an event id is remembered for deduplication (default 24 hours); a
-	// redelivery later than that would be applied again.
+	// redelivery later than that would be applied again. Ids are forgotten with their profile,
+	// so the effective window is at most Retention.
 	DedupWindow time.Duration
 	// Now is the clock (default time.Now); tests inject one.
 	Now func() time.Time

@@ -134,5 +134,5 @@ redis.call('ZADD', d, now, ARGV[1])
 
 local ttl = tonumber(ARGV[5])
 redis.call('PEXPIRE', h, ttl)
-redis.call('PEXPIRE', d, math.max(ttl, window))
+redis.call('PEXPIRE', d, ttl)
 return {1, redis.call('HGETALL', h)}
