@@ -59,9 +59,8 @@ type Module struct {
 	timeout   time.Duration
 	memLimit  uint64 // bytes
 
-	pool    chan *instance // idle instances; capacity = PoolMax
-	live    atomic.Int32   // instances alive (idle or in use)
-	poolMax int32
+	pool *pool        // idle instances
+	live atomic.Int32 // instances alive (idle or in use), ≤ PoolMax
 
 	refs   atomic.Int64
 	closed atomic.Bool
@@ -79,6 +78,7 @@ type instance struct {
 	inPtr  uint32
 	inCap  uint32
 	outPtr uint32
+	slot   int       // the pool slot it owns
 	stack  [1]uint64 // CallWithStack's params/results: preallocated, so a call allocates nothing
 }
 
@@ -158,8 +158,7 @@ func (r *Runtime) load(ctx context.Context, name string, bin []byte, opts LoadOp
 		outputLen: uint32(opts.OutputLen),
 		timeout:   r.cfg.EvalTimeout,
 		memLimit:  uint64(r.cfg.MemoryLimitPages) * 65536,
-		pool:      make(chan *instance, r.cfg.PoolMax),
-		poolMax:   int32(r.cfg.PoolMax),
+		pool:      newPool(r.cfg.PoolMax),
 		// Anonymous instances (empty name) so one compiled module can be
 		// instantiated many times. WASI gets nothing: no FS, args, env or
 		// sockets; stdout/stderr are discarded (wazero's default), clocks are
@@ -179,7 +178,7 @@ func (r *Runtime) load(ctx context.Context, name string, bin []byte, opts LoadOp
 	m.inputCap = first.inCap
 	r.openModules.Add(1)
 	r.metrics.modules.Inc()
-	m.pool <- first
+	m.pool.put(first)
 	// Warm the pool to one instance per P so steady-state evaluations never
 	// instantiate; it grows on demand up to PoolMax.
 	for i := 1; i < min(runtime.GOMAXPROCS(0), r.cfg.PoolMax); i++ {
@@ -187,7 +186,7 @@ func (r *Runtime) load(ctx context.Context, name string, bin []byte, opts LoadOp
 		if err != nil {
 			break // the first instance worked; later ones are created on demand
 		}
-		m.pool <- inst
+		m.pool.put(inst)
 	}
 	return m, nil
 }
@@ -262,20 +261,17 @@ func signature(params, results []api.ValueType) string {
 // spawn reserves a pool slot and instantiates into it. It fails when the pool
 // is at PoolMax, or when instantiation or the ABI checks fail.
 func (m *Module) spawn(ctx context.Context) (*instance, error) {
-	for {
-		n := m.live.Load()
-		if n >= m.poolMax {
-			return nil, errPoolFull
-		}
-		if m.live.CompareAndSwap(n, n+1) {
-			break
-		}
+	slot, ok := m.pool.claim()
+	if !ok {
+		return nil, errPoolFull
 	}
 	inst, err := m.instantiate(ctx)
 	if err != nil {
-		m.live.Add(-1)
+		m.pool.unclaim(slot)
 		return nil, err
 	}
+	inst.slot = slot
+	m.live.Add(1)
 	m.rt.openInstances.Add(1)
 	m.rt.metrics.instances.Inc()
 	return inst, nil
@@ -503,56 +499,56 @@ func (m *Module) noteFailure(err error) {
 	}
 }
 
-// get takes an idle instance, creates one if the pool may grow, or waits.
+// get takes an idle instance, creates one if the pool may grow, or waits
+// until one is freed or ctx ends.
 func (m *Module) get(ctx context.Context) (*instance, error) {
-	select {
-	case inst := <-m.pool:
+	if inst := m.pool.tryGet(); inst != nil {
 		return inst, nil
-	default:
 	}
-	inst, err := m.spawn(context.WithoutCancel(ctx))
+	try := func() (*instance, error) {
+		if inst := m.pool.tryGet(); inst != nil {
+			return inst, nil
+		}
+		inst, err := m.spawn(context.WithoutCancel(ctx))
+		if errors.Is(err, errPoolFull) {
+			return nil, nil
+		}
+		return inst, err
+	}
+	inst, err := try()
+	if inst == nil && err == nil {
+		inst, err = m.pool.wait(ctx, try)
+	}
 	switch {
-	case err == nil:
+	case inst != nil:
 		return inst, nil
-	case !errors.Is(err, errPoolFull):
+	case ctx.Err() != nil:
+		return nil, &EvalError{Module: m.name, Kind: ErrCanceled, Err: ctx.Err()}
+	default:
 		m.rt.metrics.byReason[reasonInit].Inc()
 		e := &EvalError{Module: m.name, Kind: ErrInstantiate, Err: err}
 		m.noteFailure(e)
 		return nil, e
 	}
-	select {
-	case inst := <-m.pool:
-		return inst, nil
-	case <-ctx.Done():
-		return nil, &EvalError{Module: m.name, Kind: ErrCanceled, Err: ctx.Err()}
-	}
 }
 
-// put returns an instance to the pool. The pool's capacity is PoolMax, so
-// this never blocks. If the module closed meanwhile, the pool is drained.
+// put returns an instance to the pool. If the module closed meanwhile, the
+// pool is drained (Close's own drain may have run before this put).
 func (m *Module) put(inst *instance) {
-	m.pool <- inst
+	m.pool.put(inst)
 	if m.closed.Load() {
 		m.drain()
 	}
 }
 
-func (m *Module) drain() {
-	for {
-		select {
-		case inst := <-m.pool:
-			m.discard(inst)
-		default:
-			return
-		}
-	}
-}
+func (m *Module) drain() { m.pool.drainAll(m.discard) }
 
 func (m *Module) discard(inst *instance) {
 	_ = inst.mod.Close(context.Background())
 	m.live.Add(-1)
 	m.rt.openInstances.Add(-1)
 	m.rt.metrics.instances.Dec()
+	m.pool.unclaim(inst.slot) // a waiter may now instantiate
 }
 
 // retain adds a reference unless the module is already fully released.

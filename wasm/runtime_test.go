@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,5 +180,74 @@ func TestRuntimeCloseWithModulesOpen(t *testing.T) {
 	m.Release() // must not panic
 	if _, err := r.Load(context.Background(), "late", testdata(t, "ok.wasm"), LoadOptions{OutputLen: okOutputLen}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Load after Close: err = %v, want ErrClosed", err)
+	}
+}
+
+// An evaluation waiting for a busy pool gets the instance another one frees,
+// or a slot that a failed (discarded) instance frees.
+func TestPoolWaiterIsWokenByPutAndDiscard(t *testing.T) {
+	r, _ := newTestRuntime(t, Config{PoolMax: 2})
+	m := loadOK(t, r, "ok", true)
+	defer m.Release()
+	ctx := context.Background()
+	a, _ := m.get(ctx)
+	b, _ := m.get(ctx)
+	for _, free := range []func(){
+		func() { m.put(a) },
+		func() { m.discard(b) },
+	} {
+		got := make(chan *instance, 1)
+		go func() {
+			inst, err := m.get(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- inst
+		}()
+		time.Sleep(20 * time.Millisecond) // let it block
+		select {
+		case <-got:
+			t.Fatal("get returned while every instance was busy")
+		default:
+		}
+		free()
+		select {
+		case inst := <-got:
+			defer m.put(inst)
+		case <-time.After(5 * time.Second):
+			t.Fatal("waiter not woken")
+		}
+	}
+	if live := m.live.Load(); live != 2 {
+		t.Errorf("live instances = %d, want 2", live)
+	}
+}
+
+// More evaluating goroutines than instances: they queue, nobody is lost.
+func TestPoolUnderContention(t *testing.T) {
+	r, _ := newTestRuntime(t, Config{PoolMax: 2})
+	m := loadOK(t, r, "ok", true)
+	defer m.Release()
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]byte, okOutputLen)
+			for i := 0; i < 300; i++ {
+				if err := m.Evaluate(context.Background(), []byte{byte(i)}, out); err != nil {
+					t.Error(err)
+					return
+				}
+				if out[0] != byte(i) {
+					t.Errorf("output %d for input %d: instances mixed up", out[0], i)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if live := m.live.Load(); live > 2 {
+		t.Errorf("live instances = %d, over PoolMax 2", live)
 	}
 }
