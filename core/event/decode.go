@@ -99,11 +99,66 @@ type rawEvent struct {
 	Props  json.RawMessage `json:"props"`
 }
 
+// typedEvent is the fast path: one Unmarshal for a well-formed event.
+type typedEvent struct {
+	ID     string          `json:"event_id"`
+	UserID *string         `json:"user_id"` // nil: absent or null
+	Type   string          `json:"type"`
+	TS     json.RawMessage `json:"ts"`
+	Props  json.RawMessage `json:"props"`
+}
+
+// decodeOne decodes and validates one event. The common case — a valid event — takes one typed
+// Unmarshal; anything unusual is re-decoded field by field to say exactly what is wrong.
 func decodeOne(rec json.RawMessage, lim Limits, now time.Time) (Event, []FieldError) {
-	var raw rawEvent
 	if len(rec) == 0 || rec[0] != '{' {
 		return Event{}, []FieldError{{Reason: "an event must be a JSON object"}}
 	}
+	if ev, ok := decodeFast(rec, lim, now); ok {
+		return ev, nil
+	}
+	return decodeSlow(rec, lim, now)
+}
+
+func decodeFast(rec json.RawMessage, lim Limits, now time.Time) (Event, bool) {
+	var te typedEvent
+	if json.Unmarshal(rec, &te) != nil || !validID(te.ID, lim.MaxIDLen) || !ValidType(te.Type) {
+		return Event{}, false
+	}
+	ev := Event{ID: te.ID, Type: te.Type}
+	switch {
+	case lim.FixedUserID == "" && te.UserID != nil && validID(*te.UserID, lim.MaxIDLen):
+		ev.UserID = *te.UserID
+	case lim.FixedUserID != "" && (te.UserID == nil || *te.UserID == lim.FixedUserID):
+		ev.UserID = lim.FixedUserID
+	default:
+		return Event{}, false
+	}
+	var reason string
+	if ev.TS, reason = tsField(te.TS, lim, now); reason != "" {
+		return Event{}, false
+	}
+	if ev.Props, reason = propsField(te.Props, lim); reason != "" {
+		return Event{}, false
+	}
+	return ev, true
+}
+
+func validID(s string, maxLen int) bool {
+	if s == "" || len(s) > maxLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			// Control, space or non-ASCII: let the slow path check the runes.
+			return false
+		}
+	}
+	return true
+}
+
+func decodeSlow(rec json.RawMessage, lim Limits, now time.Time) (Event, []FieldError) {
+	var raw rawEvent
 	if err := json.Unmarshal(rec, &raw); err != nil {
 		return Event{}, []FieldError{{Reason: "invalid JSON: " + err.Error()}}
 	}

@@ -56,3 +56,26 @@ func FuzzDecodeWire(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastPathAgreesWithSlowPath guards the decoder's fast path: whatever it accepts, the
+// field-by-field path accepts too, with the same result.
+func FuzzFastPathAgreesWithSlowPath(f *testing.F) {
+	f.Add([]byte(`{"event_id":"e1","user_id":"u1","type":"page_view","ts":"2026-11-29T11:00:00Z","props":{"a":1}}`), "")
+	f.Add([]byte(`{"event_id":"e1","type":"page_view"}`), "cookie")
+	f.Add([]byte(`{"event_id":"e1","user_id":"cookie","type":"a","user_id":"x"}`), "cookie")
+	f.Add([]byte(`{"event_id":"é","user_id":"u","type":"a","ts":null,"props":null}`), "")
+	f.Fuzz(func(t *testing.T, rec []byte, fixed string) {
+		lim := Limits{FixedUserID: fixed}.withDefaults()
+		fast, ok := decodeFast(rec, lim, now)
+		if !ok {
+			return
+		}
+		slow, errs := decodeSlow(rec, lim, now)
+		if len(errs) > 0 {
+			t.Fatalf("fast path accepted %s, slow path says %v", rec, errs)
+		}
+		if fast.ID != slow.ID || fast.UserID != slow.UserID || fast.Type != slow.Type || !fast.TS.Equal(slow.TS) || len(fast.Props) != len(slow.Props) {
+			t.Fatalf("fast %+v != slow %+v", fast, slow)
+		}
+	})
+}
