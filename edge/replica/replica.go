@@ -7,6 +7,11 @@
 // a request reads one without locks. The map is bounded (otter, by entry count) so memory stays
 // flat whatever the number of users; an evicted or never-seen user is looked up at the origin
 // once (single-flight) and otherwise treated as new.
+//
+// Memory: the map is 64 shards of plain Go maps rather than a cache library, because per-user
+// overhead is the budget here (goal ≤ 200 bytes per user; BenchmarkReplicaMemory measures it). When
+// a shard is full, the least recently applied of 5 sampled entries is evicted (Redis's
+// approximated LRU), which needs no per-entry list pointers.
 package replica
 
 import (
@@ -20,10 +25,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/delta"
@@ -31,21 +36,17 @@ import (
 )
 
 // Entry is what the replica knows of one user. Never modified after it is stored. It is kept
-// small (a replica holds millions): ids instead of names, numbers as 8 bytes.
+// small because a replica holds millions: 48 bytes plus one packed slice, segment names and
+// feature keys as interned 16-bit ids.
 type Entry struct {
-	Version  uint64
-	Ruleset  uint32
-	AsOf     uint32   // Unix seconds when this entry was applied
-	Members  []uint16 // interned segment ids, sorted
-	Features []Feature
-	Strs     []string // string feature values, indexed by Feature.Bits
-}
-
-// Feature is one feature value, its key interned: 16 bytes.
-type Feature struct {
-	Key  uint16
-	Kind profile.Kind
-	Bits uint64 // bool (0/1), int64, float64 bits, or an index into Entry.Strs
+	Version   uint64
+	AsOf      uint32 // Unix seconds when this entry was applied
+	nMembers  uint16
+	nFeatures uint16
+	// data packs the member ids, four to a word, then two words per feature:
+	// key<<8|kind, and the value bits (bool 0/1, int64, float64 bits, or an index into strs).
+	data []uint64
+	strs *[]string // string feature values; nil for most users
 }
 
 // Fetcher asks the origin for a user the replica does not hold. It returns a delta-shaped
@@ -72,12 +73,32 @@ type Config struct {
 
 // Replica is the bounded map fed by DELTAS.
 type Replica struct {
-	cfg     Config
-	users   *otter.Cache[string, *Entry]
-	names   names
-	caught  atomic.Bool
-	lastSeq atomic.Uint64
-	m       *metrics
+	cfg      Config
+	shards   [nShards]shard
+	perShard int
+	flight   singleflight.Group
+	names    names
+	values   names // interned short string feature values
+	caught   atomic.Bool
+	lastSeq  atomic.Uint64
+	m        *metrics
+}
+
+const nShards = 64
+
+type shard struct {
+	mu sync.RWMutex
+	m  map[string]*Entry
+}
+
+func (r *Replica) shard(user string) *shard {
+	// FNV-1a, inlined: no allocation, no interface.
+	h := uint32(2166136261)
+	for i := 0; i < len(user); i++ {
+		h ^= uint32(user[i])
+		h *= 16777619
+	}
+	return &r.shards[h%nShards]
 }
 
 // New returns an empty replica; Run feeds it.
@@ -94,12 +115,15 @@ func New(cfg Config) (*Replica, error) {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
-	c, err := otter.New(&otter.Options[string, *Entry]{MaximumSize: cfg.MaxUsers})
-	if err != nil {
-		return nil, fmt.Errorf("replica map: %w", err)
+	if cfg.MaxUsers < nShards {
+		return nil, fmt.Errorf("replica: MaxUsers %d is below the minimum of %d", cfg.MaxUsers, nShards)
 	}
-	r := &Replica{cfg: cfg, users: c}
+	r := &Replica{cfg: cfg, perShard: cfg.MaxUsers / nShards}
+	for i := range r.shards {
+		r.shards[i].m = map[string]*Entry{}
+	}
 	r.names.ids = map[string]uint16{}
+	r.values.ids = map[string]uint16{}
 	r.m = newMetrics(cfg.Registerer, r)
 	return r, nil
 }
@@ -108,24 +132,75 @@ func New(cfg Config) (*Replica, error) {
 func (r *Replica) CaughtUp() bool { return r.caught.Load() }
 
 // Len is the number of users held.
-func (r *Replica) Len() int { return r.users.EstimatedSize() }
+func (r *Replica) Len() int {
+	n := 0
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.RLock()
+		n += len(s.m)
+		s.mu.RUnlock()
+	}
+	return n
+}
 
 // Get returns the user's entry if the replica holds it.
 func (r *Replica) Get(user string) (*Entry, bool) {
-	return r.users.GetIfPresent(user)
+	s := r.shard(user)
+	s.mu.RLock()
+	e, ok := s.m[user]
+	s.mu.RUnlock()
+	return e, ok
+}
+
+// store puts e for user unless the shard holds a version at least as new; it reports whether it
+// did and returns the entry it replaced.
+func (r *Replica) store(user string, e *Entry) (old *Entry, stored bool) {
+	s := r.shard(user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, found := s.m[user]
+	if found && cur.Version >= e.Version && e.Version != 0 {
+		return cur, false
+	}
+	if found && e.Version == 0 {
+		return cur, false // a "nobody knows this user" answer never replaces data
+	}
+	if !found && len(s.m) >= r.perShard {
+		r.evict(s)
+	}
+	s.m[user] = e
+	return cur, true
+}
+
+// evict removes the least recently applied of a few entries of a full shard (map iteration
+// starts at a random place, so the sample is random).
+func (r *Replica) evict(s *shard) {
+	var victim string
+	oldest := uint32(math.MaxUint32)
+	n := 0
+	for k, e := range s.m {
+		if e.AsOf < oldest {
+			victim, oldest = k, e.AsOf
+		}
+		if n++; n == 5 {
+			break
+		}
+	}
+	delete(s.m, victim)
+	r.m.evicted.Inc()
 }
 
 // Lookup returns the user's entry, asking the origin once on a miss (concurrent misses for one
 // user share the look-up). A user nobody knows gets an empty entry, remembered, so the next
 // request does not ask again; a later delta replaces it.
 func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
-	if e, ok := r.users.GetIfPresent(user); ok {
+	if e, ok := r.Get(user); ok {
 		return e
 	}
 	if r.cfg.Fetch == nil {
 		return nil
 	}
-	e, err := r.users.Get(ctx, user, otter.LoaderFunc[string, *Entry](func(ctx context.Context, user string) (*Entry, error) {
+	v, err, _ := r.flight.Do(user, func() (any, error) {
 		fctx, cancel := context.WithTimeout(ctx, r.cfg.FetchTimeout)
 		defer cancel()
 		d, err := r.cfg.Fetch(fctx, user)
@@ -133,34 +208,31 @@ func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
 			r.m.fetches.WithLabelValues("error").Inc()
 			return nil, err
 		}
+		e := &Entry{AsOf: uint32(time.Now().Unix())}
 		if d == nil {
 			r.m.fetches.WithLabelValues("unknown").Inc()
-			return &Entry{}, nil
+		} else {
+			r.m.fetches.WithLabelValues("found").Inc()
+			e = r.entry(d)
 		}
-		r.m.fetches.WithLabelValues("found").Inc()
-		return r.entry(d), nil
-	}))
+		if cur, stored := r.store(user, e); !stored {
+			return cur, nil // a delta arrived meanwhile: it wins
+		}
+		return e, nil
+	})
 	if err != nil {
 		return nil // origin unreachable: treat as new, ask again next time
 	}
-	return e
+	return v.(*Entry)
 }
 
 // Apply applies a delta unless the replica already holds this or a newer version of the user.
 // It reports whether the delta changed anything.
 func (r *Replica) Apply(d *delta.Delta) bool {
-	var old *Entry
-	applied := false
 	// An erased user keeps an empty entry with the erasure's version, so an older delta still in
 	// flight cannot bring the data back.
 	next := r.entry(d)
-	r.users.Compute(d.UserID, func(cur *Entry, found bool) (*Entry, otter.ComputeOp) {
-		if found && cur.Version >= d.Version {
-			return cur, otter.CancelOp
-		}
-		old, applied = cur, true
-		return next, otter.WriteOp
-	})
+	old, applied := r.store(d.UserID, next)
 	if !applied {
 		r.m.stale.Inc()
 		return false
@@ -176,41 +248,57 @@ func (r *Replica) Apply(d *delta.Delta) bool {
 }
 
 func (r *Replica) entry(d *delta.Delta) *Entry {
-	e := &Entry{Version: d.Version, Ruleset: uint32(d.Ruleset), AsOf: uint32(time.Now().Unix())}
+	e := &Entry{Version: d.Version, AsOf: uint32(time.Now().Unix())}
 	if d.Erased {
 		return e
 	}
-	if len(d.Members) > 0 {
-		e.Members = make([]uint16, 0, len(d.Members))
-		for _, m := range d.Members {
-			e.Members = append(e.Members, r.names.id(m))
-		}
-		slices.Sort(e.Members)
+	ids := make([]uint16, 0, 16)
+	for _, m := range d.Members {
+		ids = append(ids, r.names.id(m))
 	}
-	if len(d.Features) > 0 {
-		e.Features = make([]Feature, 0, len(d.Features))
-		for _, f := range d.Features {
-			ft := Feature{Key: r.names.id(f.Key), Kind: f.Value.Kind}
-			switch f.Value.Kind {
-			case profile.KindBool:
-				if f.Value.Bool {
-					ft.Bits = 1
-				}
-			case profile.KindInt:
-				ft.Bits = uint64(f.Value.Int)
-			case profile.KindDouble:
-				ft.Bits = math.Float64bits(f.Value.Double)
-			case profile.KindString:
-				ft.Bits = uint64(len(e.Strs))
-				e.Strs = append(e.Strs, f.Value.Str)
-			default:
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	mw := (len(ids) + 3) / 4
+	e.data = make([]uint64, mw, mw+2*len(d.Features))
+	for i, id := range ids {
+		e.data[i/4] |= uint64(id) << (16 * (i % 4))
+	}
+	e.nMembers = uint16(len(ids))
+	for _, f := range d.Features {
+		var bits uint64
+		switch f.Value.Kind {
+		case profile.KindBool:
+			if f.Value.Bool {
+				bits = 1
+			}
+		case profile.KindInt:
+			bits = uint64(f.Value.Int)
+		case profile.KindDouble:
+			bits = math.Float64bits(f.Value.Double)
+		case profile.KindString:
+			// Short values of low-cardinality traits (plan, tier) are interned like names; the
+			// rest are kept per entry, so a flood of distinct values cannot grow the table.
+			if id, ok := r.values.lookupOrAdd(f.Value.Str); ok {
+				e.data = append(e.data, uint64(r.names.id(f.Key))<<8|uint64(kindInterned), uint64(id))
+				e.nFeatures++
 				continue
 			}
-			e.Features = append(e.Features, ft)
+			if e.strs == nil {
+				e.strs = new([]string)
+			}
+			bits = uint64(len(*e.strs))
+			*e.strs = append(*e.strs, f.Value.Str)
+		default:
+			continue
 		}
+		e.data = append(e.data, uint64(r.names.id(f.Key))<<8|uint64(f.Value.Kind), bits)
+		e.nFeatures++
 	}
 	return e
 }
+
+// member returns the i-th member id of e.
+func (e *Entry) member(i int) uint16 { return uint16(e.data[i/4] >> (16 * (i % 4))) }
 
 // ID returns the interned id of a segment name or feature key (assigning one if new). Resolve
 // names once (at ruleset load), not per request.
@@ -224,31 +312,52 @@ func (e *Entry) Has(id uint16) bool {
 	if e == nil {
 		return false
 	}
-	_, ok := slices.BinarySearch(e.Members, id)
-	return ok
+	for i := range int(e.nMembers) {
+		if e.member(i) == id {
+			return true
+		}
+	}
+	return false
 }
 
-// Feature returns the value of feature key id.
-func (e *Entry) Feature(id uint16) (profile.Value, bool) {
+// kindInterned marks a string feature value held in the replica's value table.
+const kindInterned profile.Kind = 0x80
+
+// Feature returns the value of feature key id; values is the replica's (Replica.Feature wraps it).
+func (e *Entry) feature(values *names, id uint16) (profile.Value, bool) {
 	if e == nil {
 		return profile.Value{}, false
 	}
-	for _, f := range e.Features {
-		if f.Key != id {
+	for i := (int(e.nMembers) + 3) / 4; i+1 < len(e.data); i += 2 {
+		if uint16(e.data[i]>>8) != id {
 			continue
 		}
-		switch f.Kind {
+		bits := e.data[i+1]
+		switch profile.Kind(e.data[i] & 0xff) {
 		case profile.KindBool:
-			return profile.BoolValue(f.Bits == 1), true
+			return profile.BoolValue(bits == 1), true
 		case profile.KindInt:
-			return profile.IntValue(int64(f.Bits)), true
+			return profile.IntValue(int64(bits)), true
 		case profile.KindDouble:
-			return profile.DoubleValue(math.Float64frombits(f.Bits)), true
+			return profile.DoubleValue(math.Float64frombits(bits)), true
 		case profile.KindString:
-			return profile.StringValue(e.Strs[f.Bits]), true
+			return profile.StringValue((*e.strs)[bits]), true
+		case kindInterned:
+			return profile.StringValue(values.name(uint16(bits))), true
 		}
 	}
 	return profile.Value{}, false
+}
+
+// Feature returns the value of feature key id in e.
+func (r *Replica) Feature(e *Entry, id uint16) (profile.Value, bool) { return e.feature(&r.values, id) }
+
+// Members is the number of segments e is a member of.
+func (e *Entry) Members() int {
+	if e == nil {
+		return 0
+	}
+	return int(e.nMembers)
 }
 
 // MemberNames appends e's segment names to dst.
@@ -256,8 +365,8 @@ func (r *Replica) MemberNames(e *Entry, dst []string) []string {
 	if e == nil {
 		return dst
 	}
-	for _, id := range e.Members {
-		dst = append(dst, r.names.name(id))
+	for i := range int(e.nMembers) {
+		dst = append(dst, r.names.name(e.member(i)))
 	}
 	return dst
 }
@@ -295,6 +404,25 @@ func (n *names) id(s string) uint16 {
 	n.ids[s] = id
 	n.list.Store(&list)
 	return id
+}
+
+// lookupOrAdd interns s if it is short and the table has room; ok is false otherwise.
+func (n *names) lookupOrAdd(s string) (uint16, bool) {
+	const maxLen, maxValues = 48, 1 << 14
+	if len(s) > maxLen {
+		return 0, false
+	}
+	n.mu.RLock()
+	id, ok := n.ids[s]
+	full := len(n.ids) >= maxValues
+	n.mu.RUnlock()
+	if ok {
+		return id, true
+	}
+	if full {
+		return 0, false
+	}
+	return n.id(s), true
 }
 
 func (n *names) name(id uint16) string {
@@ -372,10 +500,10 @@ func (r *Replica) Run(ctx context.Context) error {
 }
 
 type metrics struct {
-	applied, stale, bad prometheus.Counter
-	fetches             *prometheus.CounterVec
-	eventToEdge         prometheus.Histogram
-	lag                 prometheus.Gauge
+	applied, stale, bad, evicted prometheus.Counter
+	fetches                      *prometheus.CounterVec
+	eventToEdge                  prometheus.Histogram
+	lag                          prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
@@ -383,6 +511,7 @@ func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
 		applied: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_applied_total", Help: "Deltas applied to the replica."}),
 		stale:   prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_stale_total", Help: "Deltas dropped because the replica held that version or newer."}),
 		bad:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_unreadable_total", Help: "Deltas that could not be decoded."}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_evictions_total", Help: "Users dropped from the full replica (looked up at the origin when they come back)."}),
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_edge_replica_origin_lookups_total", Help: "Replica misses looked up at the origin, by result (found, unknown, error)."}, []string{"result"}),
 		eventToEdge: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "segedge_edge_event_to_replica_seconds", Help: "From an event accepted (at origin or edge) to its segment change applied in this edge's replica.",
@@ -391,6 +520,6 @@ func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_edge_replica_lag_messages", Help: "Deltas in the stream not yet applied by this edge."}),
 	}
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_edge_replica_users", Help: "Users held in the replica."}, func() float64 { return float64(r.Len()) })
-	reg.MustRegister(m.applied, m.stale, m.bad, m.fetches, m.eventToEdge, m.lag, size)
+	reg.MustRegister(m.applied, m.stale, m.bad, m.evicted, m.fetches, m.eventToEdge, m.lag, size)
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func TestReplaysThenFollowsDeltasDroppingStaleVersions(t *testing.T) {
 		t.Fatalf("alice = %v after replay", got)
 	}
 	e, _ := r.Get("alice")
-	if v, ok := e.Feature(r.ID("score:engagement")); !ok || v.Double != 42 {
+	if v, ok := r.Feature(e, r.ID("score:engagement")); !ok || v.Double != 42 {
 		t.Fatalf("feature = %v, %v", v, ok)
 	}
 
@@ -125,7 +126,7 @@ func TestMissAsksTheOriginOnceForConcurrentRequests(t *testing.T) {
 	if c := calls.Load(); c != 1 {
 		t.Fatalf("origin asked %d times for one user, want 1", c)
 	}
-	if e := r.Lookup(context.Background(), "stranger"); e == nil || len(e.Members) != 0 {
+	if e := r.Lookup(context.Background(), "stranger"); e == nil || e.Members() != 0 {
 		t.Fatalf("unknown user = %+v, want an empty entry", e)
 	}
 	r.Lookup(context.Background(), "stranger")
@@ -160,12 +161,48 @@ func BenchmarkReplicaMemory(b *testing.B) {
 			},
 		})
 	}
-	r.users.CleanUp()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/users, "bytes/user")
 	runtime.KeepAlive(r)
 	for range b.N {
 		r.Get("u000000000001")
+	}
+}
+
+func TestFeatureValuesKeepTheirKind(t *testing.T) {
+	r, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", 100)
+	want := map[string]profile.Value{
+		"trait:plan":              profile.StringValue("pro"),
+		"trait:note":              profile.StringValue(long),
+		"trait:beta":              profile.BoolValue(true),
+		"count:add_to_cart:30m0s": profile.IntValue(-3),
+		"score:engagement":        profile.DoubleValue(42),
+	}
+	d := &delta.Delta{UserID: "u", Version: 1, Members: []string{"b", "a", "c", "d", "e"}}
+	for k, v := range want {
+		d.Features = append(d.Features, delta.FeatureValue{Key: k, Value: v})
+	}
+	r.Apply(d)
+	e, _ := r.Get("u")
+	for k, v := range want {
+		if got, ok := r.Feature(e, r.ID(k)); !ok || got != v {
+			t.Errorf("%s = %+v, %v; want %+v", k, got, ok, v)
+		}
+	}
+	if _, ok := r.Feature(e, r.ID("trait:missing")); ok {
+		t.Error("a missing feature was found")
+	}
+	for _, s := range []string{"a", "b", "c", "d", "e"} {
+		if !e.Has(r.ID(s)) {
+			t.Errorf("member %s missing", s)
+		}
+	}
+	if e.Has(r.ID("z")) || e.Members() != 5 {
+		t.Errorf("members = %d", e.Members())
 	}
 }
