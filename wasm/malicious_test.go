@@ -35,6 +35,8 @@ func TestLoadRejectsBadModules(t *testing.T) {
 		{file: "garbage.wasm", wantErr: []string{"malformed binary"}},
 		{file: "startloop.wasm", cfg: Config{InitTimeout: 50 * time.Millisecond}, wantErr: []string{"instantiate", "deadline exceeded"}},
 		{file: "ok.wasm", opts: LoadOptions{OutputLen: -1}, wantErr: []string{"output length -1 out of range"}},
+		{file: "startloop.wasm", opts: LoadOptions{Trusted: true}, wantErr: []string{"trusted (generated) modules have no start function"}},
+		{file: "badwasi.wasm", opts: LoadOptions{Trusted: true}, wantErr: []string{`trusted (generated) modules import nothing, this one imports func "wasi_snapshot_preview1.open_the_pod_bay_doors"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
