@@ -15,9 +15,10 @@ import (
 // Decode parses a request body of events — a JSON array of event objects, a single event object,
 // or NDJSON (one object per line) — and validates every event against lim at server time now.
 //
-// The format comes from contentType: application/x-ndjson, application/jsonl and
-// application/json-seq-like "ndjson"/"jsonl" types mean NDJSON; anything else is sniffed (a body
-// starting with '[' is an array, otherwise NDJSON, which also covers a single object).
+// The format comes from contentType: a media type containing "ndjson", "jsonl" or "json-seq"
+// (application/x-ndjson, application/jsonl, …) means NDJSON; anything else is sniffed: a body
+// starting with '[' is an array, a body that is one JSON object is a batch of one (pretty-printed
+// or not), anything else is read as NDJSON.
 //
 // Good events are returned in batch order; each bad one yields a FieldError and is skipped. A
 // body larger than lim.MaxBodyBytes, more than lim.MaxBatch events, or a body that is not an

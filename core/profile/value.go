@@ -30,12 +30,11 @@ type Value struct {
 }
 
 // BoolValue, IntValue, DoubleValue and StringValue build a Value of that kind.
-func BoolValue(b bool) Value       { return Value{Kind: KindBool, Bool: b} }
-func IntValue(i int64) Value       { return Value{Kind: KindInt, Int: i} }
-func DoubleValue(f float64) Value  { return Value{Kind: KindDouble, Double: f} }
-func StringValue(s string) Value   { return Value{Kind: KindString, Str: s} }
-func (v Value) IsAbsent() bool     { return v.Kind == KindAbsent }
-func (v Value) Equal(o Value) bool { return v == o }
+func BoolValue(b bool) Value      { return Value{Kind: KindBool, Bool: b} }
+func IntValue(i int64) Value      { return Value{Kind: KindInt, Int: i} }
+func DoubleValue(f float64) Value { return Value{Kind: KindDouble, Double: f} }
+func StringValue(s string) Value  { return Value{Kind: KindString, Str: s} }
+func (v Value) IsAbsent() bool    { return v.Kind == KindAbsent }
 
 // ValueOf converts a JSON-decoded value (as found in event props) to a Value: booleans and
 // strings keep their kind; a number is an Int when it is whole and fits int64 exactly, else a
