@@ -243,7 +243,8 @@ func decay(d, halfLife time.Duration) float64 {
 // Value computes feature f at time now:
 //   - trait: the trait's value; absent (false) when never set or deleted;
 //   - count: an Int, the events of the type in the trailing window (bucket-aligned, see
-//     BucketSize); 0 when none, including when the Spec does not maintain that window;
+//     BucketSize); 0 when none. Only windows of the Spec the events were applied with are
+//     meaningful: another window reads whatever buckets its bucket size happens to keep;
 //   - sum: a Double, the sum of the prop over the window; 0 when none;
 //   - since: an Int, whole seconds since the latest event of the type (0 if it is in the future);
 //     absent when never seen;
