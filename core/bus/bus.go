@@ -54,6 +54,10 @@ func (t Topology) DeltaSubject(partition int) string {
 // InvalidateSubject carries cache purges from the origin to every edge.
 func (t Topology) InvalidateSubject() string { return t.subject("seg.invalidate") }
 
+// InvalidateStream keeps purges for an hour, so an edge that was briefly disconnected still
+// applies them.
+func (t Topology) InvalidateStream() string { return t.stream("INVALIDATE") }
+
 // TriggerSubject carries the firings of one trigger.
 func (t Topology) TriggerSubject(name string) string { return t.subject("seg.triggers.") + name }
 
@@ -68,7 +72,7 @@ type StreamOptions struct {
 	Duplicate time.Duration // JetStream's own dedup window on Nats-Msg-Id: 2 minutes
 }
 
-// EnsureStreams creates EVENTS and DELTAS, or updates their configuration to this one.
+// EnsureStreams creates EVENTS, DELTAS and INVALIDATE, or updates their configuration to this one.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, o StreamOptions) error {
 	if t.Partitions <= 0 {
 		return fmt.Errorf("ensure streams: partitions must be positive, got %d", t.Partitions)
@@ -85,6 +89,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, o St
 	}{
 		{t.EventsStream(), t.subject("seg.events.*"), 7 * 24 * time.Hour},
 		{t.DeltasStream(), t.subject("seg.deltas.*"), 24 * time.Hour},
+		{t.InvalidateStream(), t.InvalidateSubject(), time.Hour},
 	} {
 		age := o.MaxAge
 		if age == 0 {

@@ -228,6 +228,7 @@ func (o *origin) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/users/{id}/segments", reader(o.getUserSegments))
 	mux.HandleFunc("GET /user/segments", reader(o.getUserSegments))
 	mux.HandleFunc("GET /v1/segments", reader(o.listSegments))
+	mux.HandleFunc("POST /v1/invalidate", admin(o.postInvalidate))
 }
 
 // redisLogger adapts go-redis's internal logging to slog.
