@@ -148,3 +148,39 @@ func TestIngestWithoutJetStreamAnswers503(t *testing.T) {
 		t.Fatalf("answer %d %+v, want 503 with the event listed as not stored", code, res)
 	}
 }
+
+func TestInvalidateIsStoredForEveryEdge(t *testing.T) {
+	o := newTestOrigin(t)
+	post := func(auth, body string) int {
+		req, _ := http.NewRequest("POST", o.url+"/v1/invalidate", strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if code := post("", `{"urls":["/a"]}`); code != 401 {
+		t.Fatalf("no token: %d", code)
+	}
+	if code := post("Bearer wk", `{"urls":["/a"]}`); code != 403 {
+		t.Fatalf("write key is not the admin token: %d", code)
+	}
+	if code := post("Bearer at", `{"urls":["a"]}`); code != 400 {
+		t.Fatalf("bad url: %d", code)
+	}
+	if code := post("Bearer at", `{"urls":["/shop"],"tags":["product-42"]}`); code != 202 {
+		t.Fatalf("good purge: %d", code)
+	}
+	s, err := o.n.JS.Stream(context.Background(), o.n.Topology.InvalidateStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(context.Background(), o.n.Topology.InvalidateSubject())
+	if err != nil || !strings.Contains(string(m.Data), "product-42") {
+		t.Fatalf("stored purge = %v, %v", m, err)
+	}
+}
