@@ -267,7 +267,7 @@ func (e *Engine) handleMsg(ctx context.Context, p int, msg jetstream.Msg) error 
 		spec = rules.Spec()
 	}
 	t0 := time.Now()
-	_, applied, err := e.cfg.Store.Apply(ctx, ev, spec)
+	prof, applied, err := e.cfg.Store.Apply(ctx, ev, spec)
 	if err != nil {
 		e.m.applyErrors.Inc()
 		return fmt.Errorf("apply event: %w", err)
@@ -279,7 +279,7 @@ func (e *Engine) handleMsg(ctx context.Context, p int, msg jetstream.Msg) error 
 		e.m.duplicates.Inc()
 	}
 	e.m.applyDur.Observe(time.Since(t0).Seconds())
-	if err := e.evaluate(ctx, p, ev.UserID, delta.CauseEvent, acceptedAt.UnixMilli(), 0); err != nil {
+	if err := e.evaluateProfile(ctx, p, prof, delta.CauseEvent, acceptedAt.UnixMilli(), 0); err != nil {
 		return err
 	}
 	return msg.Ack()
@@ -288,7 +288,6 @@ func (e *Engine) handleMsg(ctx context.Context, p int, msg jetstream.Msg) error 
 // evaluate re-evaluates one user and publishes a delta if their membership changed (or, for an
 // event, if request-scoped rules may read changed features).
 func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.Cause, acceptedAt, due int64) error {
-	rules := e.cfg.Rules()
 	prof, err := e.cfg.Store.Get(ctx, user)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil // erased or expired meanwhile
@@ -296,6 +295,14 @@ func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.C
 	if err != nil {
 		return fmt.Errorf("read profile: %w", err)
 	}
+	return e.evaluateProfile(ctx, p, prof, cause, acceptedAt, due)
+}
+
+// evaluateProfile is evaluate with the profile already at hand (Apply returns it).
+func (e *Engine) evaluateProfile(ctx context.Context, p int, prof *profile.Profile, cause delta.Cause, acceptedAt, due int64) error {
+	rules := e.cfg.Rules()
+	user := prof.UserID
+	var err error
 	now := e.cfg.Now()
 	var segs []string
 	var version uint64
