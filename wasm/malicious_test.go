@@ -158,21 +158,68 @@ func TestGreedyModuleIsBoundedByTheCap(t *testing.T) {
 }
 
 func TestCallerCancellationIsNotAModuleFailure(t *testing.T) {
-	r, _ := newTestRuntime(t, Config{EvalTimeout: time.Second, QuarantineAfter: 1})
+	r, _ := newTestRuntime(t, Config{QuarantineAfter: 1})
+	for _, trusted := range []bool{true, false} {
+		m := loadOK(t, r, "ok", trusted)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		err := m.Evaluate(ctx, nil, make([]byte, okOutputLen))
+		if !trusted && !errors.Is(err, ErrCanceled) {
+			// A trusted call is too short to be worth a check; an untrusted
+			// one checks the caller's context before it starts.
+			t.Errorf("untrusted, canceled context: err = %v, want ErrCanceled", err)
+		}
+		if m.Quarantined() {
+			t.Errorf("trusted=%v: a canceled caller quarantined the module", trusted)
+		}
+		checkOK(t, m)
+		m.Release()
+	}
+	if got := testutil.ToFloat64(r.metrics.failures.WithLabelValues(reasonCancel)); got != 0 {
+		t.Errorf("canceled callers counted as module failures: %v", got)
+	}
+}
+
+// An untrusted evaluation that never returns is stopped by the watchdog
+// within its deadline plus a tick (generously bounded here: a loaded CI
+// machine is slow, but not seconds slow).
+func TestWatchdogStopsLoopsPromptly(t *testing.T) {
+	r, _ := newTestRuntime(t, Config{EvalTimeout: 20 * time.Millisecond})
 	m, err := r.Load(context.Background(), "loop", testdata(t, "loop.wasm"), LoadOptions{OutputLen: okOutputLen})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Release()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-	defer cancel()
 	start := time.Now()
-	err = m.Evaluate(ctx, nil, make([]byte, okOutputLen))
-	if !errors.Is(err, ErrCanceled) && !errors.Is(err, ErrTimeout) {
-		t.Fatalf("err = %v, want ErrCanceled", err)
+	err = m.Evaluate(context.Background(), nil, make([]byte, okOutputLen))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("err = %v, want ErrTimeout", err)
 	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Errorf("evaluation ran %v after the caller's 10ms deadline", d)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("a 20ms deadline stopped the loop after %v", d)
+	}
+}
+
+func TestWatchdogFiresOnlyPastTheDeadline(t *testing.T) {
+	w := newWatchdog(4 * time.Millisecond) // 1ms tick
+	defer w.close()
+	idle, late, early := w.add(), w.add(), w.add()
+	late.deadline.Store(w.now() - 1)
+	early.deadline.Store(w.now() + int64(time.Hour))
+	select {
+	case <-late.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a running context past its deadline was not fired")
+	}
+	if late.Err() != context.DeadlineExceeded || late.deadline.Swap(0) != 0 {
+		t.Errorf("fired context: Err = %v, deadline not taken", late.Err())
+	}
+	time.Sleep(10 * time.Millisecond)
+	if idle.Err() != nil || early.Err() != nil {
+		t.Errorf("idle or not-yet-due contexts fired: %v, %v", idle.Err(), early.Err())
+	}
+	if early.deadline.Swap(0) == 0 {
+		t.Error("the evaluation, not the watchdog, should have ended the early context's run")
 	}
 }
 

@@ -79,6 +79,7 @@ type instance struct {
 	inCap  uint32
 	outPtr uint32
 	slot   int       // the pool slot it owns
+	wc     *watchCtx // untrusted only: the context its calls run under
 	stack  [1]uint64 // CallWithStack's params/results: preallocated, so a call allocates nothing
 }
 
@@ -308,6 +309,9 @@ func (m *Module) instantiate(ctx context.Context) (*instance, error) {
 		_ = mod.Close(context.Background())
 		return nil, err
 	}
+	if !m.trusted {
+		inst.wc = m.rt.wd.add()
+	}
 	return inst, nil
 }
 
@@ -398,10 +402,20 @@ func (m *Module) Evaluate(ctx context.Context, input, output []byte) error {
 		return m.fail(ctx, inst, ErrTrap, errors.New("input buffer outside memory"))
 	}
 	inst.stack[0] = uint64(len(input))
+	fired := false
 	if m.trusted {
 		err = inst.eval.CallWithStack(ctx, inst.stack[:])
 	} else {
-		err = m.callWithDeadline(ctx, inst)
+		// The caller's ctx is checked here, not watched during the call:
+		// the call is bounded by EvalTimeout anyway (see watchdog.go).
+		if ctx.Err() != nil {
+			m.put(inst)
+			return &EvalError{Module: m.name, Kind: ErrCanceled, Err: ctx.Err()}
+		}
+		wd := m.rt.wd
+		inst.wc.deadline.Store(wd.now() + int64(m.timeout))
+		err = inst.eval.CallWithStack(inst.wc, inst.stack[:])
+		fired = inst.wc.deadline.Swap(0) == 0
 	}
 	if err != nil {
 		return m.fail(ctx, inst, m.classify(ctx, inst, err), err)
@@ -414,17 +428,17 @@ func (m *Module) Evaluate(ctx context.Context, input, output []byte) error {
 		return m.fail(ctx, inst, ErrTrap, errors.New("output buffer outside memory"))
 	}
 	copy(output, out)
-	m.put(inst)
+	if fired {
+		// The deadline passed as the call returned: the result is whole,
+		// but the instance's context is spent. Replace it quietly.
+		m.replace(ctx, inst)
+	} else {
+		m.put(inst)
+	}
 	if m.failStreak.Load() != 0 {
 		m.failStreak.Store(0)
 	}
 	return nil
-}
-
-func (m *Module) callWithDeadline(ctx context.Context, inst *instance) error {
-	ctx, cancel := context.WithTimeout(ctx, m.timeout)
-	defer cancel()
-	return inst.eval.CallWithStack(ctx, inst.stack[:])
 }
 
 // classify maps a wazero call error to a failure kind.
@@ -483,19 +497,23 @@ func reasonOf(kind error) string {
 // longer be trusted), starts a replacement and maybe quarantines the module.
 func (m *Module) fail(ctx context.Context, inst *instance, kind, cause error) error {
 	m.rt.metrics.byReason[reasonOf(kind)].Inc()
-	m.discard(inst)
-	if !m.closed.Load() {
-		// Keep the pool warm; a failure here only means the next evaluation
-		// instantiates on demand.
-		if repl, err := m.spawn(context.WithoutCancel(ctx)); err == nil {
-			m.put(repl)
-		}
-	}
+	m.replace(ctx, inst)
 	err := &EvalError{Module: m.name, Kind: kind, Err: cause}
 	if kind != ErrCanceled {
 		m.noteFailure(err)
 	}
 	return err
+}
+
+// replace discards inst and starts a replacement to keep the pool warm; if
+// that fails, the next evaluation instantiates on demand.
+func (m *Module) replace(ctx context.Context, inst *instance) {
+	m.discard(inst)
+	if !m.closed.Load() {
+		if repl, err := m.spawn(context.WithoutCancel(ctx)); err == nil {
+			m.put(repl)
+		}
+	}
 }
 
 // noteFailure counts consecutive failures and quarantines the module when it
@@ -558,6 +576,9 @@ func (m *Module) put(inst *instance) {
 func (m *Module) drain() { m.pool.drainAll(m.discard) }
 
 func (m *Module) discard(inst *instance) {
+	if inst.wc != nil {
+		m.rt.wd.remove(inst.wc)
+	}
 	_ = inst.mod.Close(context.Background())
 	m.live.Add(-1)
 	m.rt.openInstances.Add(-1)

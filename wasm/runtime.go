@@ -118,6 +118,7 @@ type Runtime struct {
 	// its definition, to check a module's imports before instantiation.
 	wasi    map[string]api.FunctionDefinition
 	metrics *metrics
+	wd      *watchdog // deadlines of untrusted evaluations
 
 	openModules   atomic.Int64
 	openInstances atomic.Int64
@@ -151,6 +152,7 @@ func NewRuntime(ctx context.Context, cfg Config) (*Runtime, error) {
 		trusted:   wazero.NewRuntimeWithConfig(ctx, base),
 		untrusted: wazero.NewRuntimeWithConfig(ctx, base.WithCloseOnContextDone(true)),
 		metrics:   m,
+		wd:        newWatchdog(cfg.EvalTimeout),
 	}
 	for _, rt := range []wazero.Runtime{r.trusted, r.untrusted} {
 		if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
@@ -169,6 +171,7 @@ func (r *Runtime) Close(ctx context.Context) error {
 		return nil
 	}
 	var first error
+	r.wd.close()
 	if r.trusted != nil {
 		if err := r.trusted.Close(ctx); err != nil && first == nil {
 			first = err
