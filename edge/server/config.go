@@ -1,0 +1,66 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"github.com/segedge/segedge/core/config"
+)
+
+// Config is every setting of the edge. Each field is a flag with an environment variable of the
+// same name (see Flags).
+type Config struct {
+	Addr               string        // EDGE_ADDR: the public side
+	OpsAddr            string        // EDGE_OPS_ADDR: /healthz, /readyz, /metrics; never public
+	UpstreamURL        string        // UPSTREAM_URL: the site behind the edge
+	OriginURL          string        // ORIGIN_URL: the origin's HTTP API
+	NATSURL            string        // NATS_URL
+	NATSPrefix         string        // SEGEDGE_NATS_PREFIX
+	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT
+	CookieKey          string        // SEGEDGE_COOKIE_KEY: signs segedge_uid
+	DebugToken         string        // SEGEDGE_DEBUG_TOKEN: enables the Segedge-Debug header
+	UpstreamTimeout    time.Duration // SEGEDGE_UPSTREAM_TIMEOUT
+	LogFormat          string        // LOG_FORMAT
+	LogLevel           string        // LOG_LEVEL
+	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT
+}
+
+// Flags defines the edge's settings on a new config.Set, writing into c.
+func Flags(c *Config, usage io.Writer) *config.Set {
+	s := config.New("edge", usage)
+	s.String(&c.Addr, "edge-addr", "EDGE_ADDR", "127.0.0.1:8080", "public listen address: the proxied site, the beacon and /user endpoints")
+	s.String(&c.OpsAddr, "edge-ops-addr", "EDGE_OPS_ADDR", "127.0.0.1:8081", "operations listen address: /healthz, /readyz, /metrics (keep it private)")
+	s.String(&c.UpstreamURL, "upstream-url", "UPSTREAM_URL", "", "the site behind the edge, e.g. http://127.0.0.1:9090 (required)")
+	s.String(&c.OriginURL, "origin-url", "ORIGIN_URL", "http://127.0.0.1:7070", "the origin's HTTP API, for profile look-ups on a replica miss")
+	s.String(&c.NATSURL, "nats-url", "NATS_URL", "nats://127.0.0.1:4250", "NATS server URL (default: the origin's embedded server)")
+	s.String(&c.NATSPrefix, "nats-prefix", "SEGEDGE_NATS_PREFIX", "", "prefix for every stream and subject; must match the origin's")
+	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 30*time.Second, "how long to wait for the first NATS connection before giving up (not ready meanwhile)")
+	s.String(&c.CookieKey, "cookie-key", "SEGEDGE_COOKIE_KEY", "", "key (at least 32 bytes) that signs the segedge_uid cookie; empty: a random key per process, so cookies do not survive a restart")
+	s.String(&c.DebugToken, "debug-token", "SEGEDGE_DEBUG_TOKEN", "", "requests with header Segedge-Debug set to this token get debug headers; empty: never")
+	s.Duration(&c.UpstreamTimeout, "upstream-timeout", "SEGEDGE_UPSTREAM_TIMEOUT", 30*time.Second, "read/write timeout toward the upstream")
+	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
+	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
+	return s
+}
+
+// Validate checks what can be checked without touching the network.
+func (c *Config) Validate() error {
+	var errs []error
+	errs = append(errs, config.CheckAddr("EDGE_ADDR", c.Addr), config.CheckAddr("EDGE_OPS_ADDR", c.OpsAddr))
+	if c.UpstreamURL == "" {
+		errs = append(errs, errors.New("UPSTREAM_URL is required: the site the edge serves, e.g. -upstream-url http://127.0.0.1:9090"))
+	} else {
+		errs = append(errs, config.CheckURL("UPSTREAM_URL", c.UpstreamURL, "http", "https"))
+	}
+	errs = append(errs, config.CheckURL("ORIGIN_URL", c.OriginURL, "http", "https"))
+	errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
+	if c.CookieKey != "" && len(c.CookieKey) < 32 {
+		errs = append(errs, errors.New("SEGEDGE_COOKIE_KEY must be at least 32 bytes"))
+	}
+	if c.Addr == c.OpsAddr {
+		errs = append(errs, errors.New("EDGE_ADDR and EDGE_OPS_ADDR must differ: operations endpoints are never public"))
+	}
+	return errors.Join(errs...)
+}
