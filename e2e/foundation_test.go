@@ -173,7 +173,7 @@ func TestBadConfigurationExitsWithOneClearLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { busy.Close() }) // not defer: the parallel subtests run after this function returns
-	closed := freeAddr(t) // nothing listens here
+	closed := freeAddr(t)              // nothing listens here
 	up := testUpstream(t)
 	tests := []struct {
 		name    string

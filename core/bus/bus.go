@@ -33,7 +33,7 @@ type Topology struct {
 }
 
 func (t Topology) stream(name string) string { return strings.ToUpper(t.Prefix) + name }
-func (t Topology) subject(s string) string  { return strings.ToLower(t.Prefix) + s }
+func (t Topology) subject(s string) string   { return strings.ToLower(t.Prefix) + s }
 
 // EventsStream is the stream of accepted events.
 func (t Topology) EventsStream() string { return t.stream("EVENTS") }

@@ -329,5 +329,5 @@ func (s *Store) Watch(ctx context.Context) (<-chan Pointer, error) {
 	return out, nil
 }
 
-func metaKey(n uint64) string             { return "meta." + strconv.FormatUint(n, 10) }
+func metaKey(n uint64) string              { return "meta." + strconv.FormatUint(n, 10) }
 func objName(n uint64, part string) string { return "v" + strconv.FormatUint(n, 10) + "." + part }

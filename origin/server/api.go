@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"time"
-
 )
 
 // writeJSON answers with v as JSON.
