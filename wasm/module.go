@@ -606,7 +606,9 @@ func (m *Module) Release() {
 	case n == 0:
 		m.close()
 	case n < 0:
-		panic(fmt.Sprintf("wasm: module %q released more often than acquired", m.name))
+		// A caller bug; the module is already closed. Say so loudly, but
+		// keep serving: a crash would take every user's page with it.
+		m.rt.log.Error("wasm module released more often than acquired", "module", m.name, "refs", n)
 	}
 }
 

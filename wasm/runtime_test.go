@@ -116,6 +116,10 @@ func TestEvaluateAfterReleaseIsClosed(t *testing.T) {
 	if err := m.Evaluate(context.Background(), nil, make([]byte, okOutputLen)); !errors.Is(err, ErrClosed) {
 		t.Fatalf("err = %v, want ErrClosed", err)
 	}
+	m.Release() // a caller bug: logged, never a crash or a double close
+	if s := r.Stats(); s != (Stats{}) {
+		t.Errorf("Stats after double Release = %+v, want zero", s)
+	}
 }
 
 func TestPoolGrowsUnderLoadAndStaysBounded(t *testing.T) {
