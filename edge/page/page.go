@@ -1,0 +1,323 @@
+package page
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+
+	"golang.org/x/net/html"
+	"golang.org/x/net/html/atom"
+)
+
+// SlotAttr is the attribute that marks an element as a slot; its value is the slot's name.
+const SlotAttr = "data-seg-slot"
+
+// Page is an HTML body cut into static chunks and slot occurrences. It is immutable after
+// Compile and safe for concurrent use. It keeps a reference to the body it was compiled from
+// (every chunk is a sub-slice of it), so the caller must not modify that body afterwards.
+type Page struct {
+	body []byte
+	// statics[i] is the text before occurrence i; statics[len(occ)] is the text after the last.
+	statics [][]byte
+	occ     []occurrence
+	names   []string // unique slot names, in order of first occurrence; index = variant index
+	dropped []Dropped
+}
+
+// occurrence is one slot element in the page: the byte range of its inner content and the
+// index of its name in Page.names.
+type occurrence struct {
+	start, end int
+	slot       int
+}
+
+// Dropped describes an element that carried data-seg-slot but is not a slot, and why. It is
+// meant for operators' logs ("my slot never changes"), not for serving.
+type Dropped struct {
+	Name   string // the attribute's value
+	Offset int    // byte offset of the element's start tag in the body
+	Reason string
+}
+
+func (d Dropped) String() string {
+	return fmt.Sprintf("slot %q at byte %d dropped: %s", d.Name, d.Offset, d.Reason)
+}
+
+// Compile parses body once and returns it cut into static chunks and slots. It never fails:
+// markup it cannot make sense of yields fewer slots (see the package documentation), and a
+// page with no slots is served as the body itself. The body is retained, not copied.
+func Compile(body []byte) *Page {
+	c := compiler{p: &Page{body: body}}
+	c.run()
+	c.p.build()
+	return c.p
+}
+
+// openSlot is the slot being read: the stack of elements opened inside it, with the slot's
+// own element at the bottom.
+type openSlot struct {
+	name   string
+	offset int // start of the slot's start tag
+	inner  int // start of the inner content
+	stack  []string
+}
+
+type compiler struct {
+	p       *Page
+	open    *openSlot
+	foreign int // how many <svg>/<math> elements are open (approximately: start minus end tags)
+}
+
+func (c *compiler) run() {
+	z := html.NewTokenizer(bytes.NewReader(c.p.body))
+	off := 0
+	for {
+		tt := z.Next()
+		if tt == html.ErrorToken {
+			// io.EOF is the normal end; with a bytes.Reader and no buffer limit there is no other
+			// error, but should one appear, what was read so far is still correctly placed.
+			break
+		}
+		start := off
+		off += len(z.Raw())
+		switch tt {
+		case html.StartTagToken, html.SelfClosingTagToken:
+			c.startTag(z, tt == html.SelfClosingTagToken, start, off)
+		case html.EndTagToken:
+			c.endTag(z, start)
+		}
+	}
+	if c.open != nil {
+		c.drop(c.open.name, c.open.offset, "no matching end tag before the end of the page")
+		c.open = nil
+	}
+}
+
+func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int) {
+	rawName, hasAttr := z.TagName()
+	a := atom.Lookup(rawName)
+	inForeign := c.foreign > 0
+	if (a == atom.Svg || a == atom.Math) && !selfClosing {
+		c.foreign++
+	}
+	if c.foreign > 0 {
+		// In foreign content <title>, <style> etc. hold markup, and CDATA sections exist.
+		z.NextIsNotRawText()
+		z.AllowCDATA(true)
+	}
+	// A self-closing tag only closes itself in foreign content; in HTML, <span/> opens a span.
+	opens := !isVoid(a) && !(selfClosing && inForeign)
+
+	name, isSlot := "", false
+	if hasAttr {
+		name, isSlot = slotName(z)
+	}
+	if c.open != nil {
+		if isSlot {
+			c.drop(name, start, fmt.Sprintf("inside slot %q, whose default it is part of", c.open.name))
+		}
+		if opens {
+			c.open.stack = append(c.open.stack, tagString(a, rawName))
+		}
+		return
+	}
+	if !isSlot {
+		return
+	}
+	switch {
+	case name == "":
+		c.drop(name, start, "empty slot name")
+	case isVoid(a):
+		c.drop(name, start, "void element has no content")
+	case selfClosing:
+		c.drop(name, start, "self-closing element has no content")
+	default:
+		c.open = &openSlot{name: name, offset: start, inner: end, stack: []string{tagString(a, rawName)}}
+	}
+}
+
+func (c *compiler) endTag(z *html.Tokenizer, start int) {
+	rawName, _ := z.TagName()
+	a := atom.Lookup(rawName)
+	if (a == atom.Svg || a == atom.Math) && c.foreign > 0 {
+		c.foreign--
+		if c.foreign == 0 {
+			z.AllowCDATA(false)
+		}
+	}
+	o := c.open
+	if o == nil {
+		return
+	}
+	name := tagString(a, rawName)
+	for i := len(o.stack) - 1; i >= 0; i-- {
+		if o.stack[i] != name {
+			continue
+		}
+		o.stack = o.stack[:i]
+		if i == 0 {
+			c.p.addOccurrence(o.name, o.inner, start)
+			c.open = nil
+		}
+		return
+	}
+	if a == atom.P || a == atom.Br {
+		return // a browser makes an empty element of a stray </p> or </br>; nothing is closed
+	}
+	c.drop(o.name, o.offset, fmt.Sprintf("</%s> inside it closes an element opened outside it", name))
+	c.open = nil
+}
+
+func (c *compiler) drop(name string, offset int, reason string) {
+	c.p.dropped = append(c.p.dropped, Dropped{Name: name, Offset: offset, Reason: reason})
+}
+
+// slotName returns the value of the first data-seg-slot attribute of the current tag (a
+// browser ignores repeated attributes after the first).
+func slotName(z *html.Tokenizer) (string, bool) {
+	for {
+		key, val, more := z.TagAttr()
+		if string(key) == SlotAttr {
+			return string(val), true
+		}
+		if !more {
+			return "", false
+		}
+	}
+}
+
+// tagString names an element without allocating for the names HTML knows.
+func tagString(a atom.Atom, raw []byte) string {
+	if a != 0 {
+		return a.String()
+	}
+	return string(raw)
+}
+
+func isVoid(a atom.Atom) bool {
+	switch a {
+	case atom.Area, atom.Base, atom.Br, atom.Col, atom.Embed, atom.Hr, atom.Img, atom.Input,
+		atom.Keygen, atom.Link, atom.Meta, atom.Param, atom.Source, atom.Track, atom.Wbr:
+		return true
+	}
+	return false
+}
+
+func (p *Page) addOccurrence(name string, start, end int) {
+	slot := -1
+	for i, n := range p.names {
+		if n == name {
+			slot = i
+			break
+		}
+	}
+	if slot < 0 {
+		slot = len(p.names)
+		p.names = append(p.names, name)
+	}
+	p.occ = append(p.occ, occurrence{start: start, end: end, slot: slot})
+}
+
+// build cuts the body into the static chunks around the occurrences, which the compiler
+// found in document order and which never overlap (nested slots are not slots).
+func (p *Page) build() {
+	p.statics = make([][]byte, 0, len(p.occ)+1)
+	prev := 0
+	for _, o := range p.occ {
+		p.statics = append(p.statics, p.body[prev:o.start:o.start])
+		prev = o.end
+	}
+	p.statics = append(p.statics, p.body[prev:len(p.body):len(p.body)])
+}
+
+// Body returns the body the page was compiled from.
+func (p *Page) Body() []byte { return p.body }
+
+// Slots returns the page's slot names, each once, in order of first appearance. A variants
+// slice passed to AppendTo, Render or Len is indexed like this slice. The caller must not
+// modify it.
+func (p *Page) Slots() []string { return p.names }
+
+// SlotIndex returns the index of the named slot in Slots, or -1 if the page has no such slot.
+// Resolve names once per compiled page, not per request.
+func (p *Page) SlotIndex(name string) int {
+	for i, n := range p.names {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Occurrences returns how many slot elements the page has (a name may occur several times).
+func (p *Page) Occurrences() int { return len(p.occ) }
+
+// Default returns the default content of the first occurrence of slot i, or nil if i is out
+// of range.
+func (p *Page) Default(i int) []byte {
+	for _, o := range p.occ {
+		if o.slot == i {
+			return p.body[o.start:o.end:o.end]
+		}
+	}
+	return nil
+}
+
+// Dropped returns the elements that carried data-seg-slot but are not slots, with reasons.
+func (p *Page) Dropped() []Dropped { return p.dropped }
+
+// content returns what occurrence o renders as: its variant, or its default when the variant
+// is nil or missing.
+func (p *Page) content(o *occurrence, variants [][]byte) []byte {
+	if o.slot < len(variants) && variants[o.slot] != nil {
+		return variants[o.slot]
+	}
+	return p.body[o.start:o.end]
+}
+
+// Len returns the length of the page rendered with variants, e.g. for Content-Length.
+func (p *Page) Len(variants [][]byte) int {
+	n := len(p.statics[len(p.occ)])
+	for i := range p.occ {
+		n += len(p.statics[i]) + len(p.content(&p.occ[i], variants))
+	}
+	return n
+}
+
+// AppendTo appends the page to dst with variants[i] as the content of every occurrence of
+// slot i (indexed like Slots); a nil or missing variant keeps the slot's default. With all
+// variants nil the result is the body, byte-for-byte. It does not allocate when dst has room
+// (see Len).
+func (p *Page) AppendTo(dst []byte, variants [][]byte) []byte {
+	for i := range p.occ {
+		dst = append(dst, p.statics[i]...)
+		dst = append(dst, p.content(&p.occ[i], variants)...)
+	}
+	return append(dst, p.statics[len(p.occ)]...)
+}
+
+// Render writes the page to w like AppendTo, one Write per non-empty chunk, and returns the
+// number of bytes written. It allocates nothing itself.
+func (p *Page) Render(w io.Writer, variants [][]byte) (int64, error) {
+	var n int64
+	write := func(b []byte) error {
+		if len(b) == 0 {
+			return nil
+		}
+		m, err := w.Write(b)
+		n += int64(m)
+		if err != nil {
+			return fmt.Errorf("write page: %w", err)
+		}
+		return nil
+	}
+	for i := range p.occ {
+		if err := write(p.statics[i]); err != nil {
+			return n, err
+		}
+		if err := write(p.content(&p.occ[i], variants)); err != nil {
+			return n, err
+		}
+	}
+	return n, write(p.statics[len(p.occ)])
+}
