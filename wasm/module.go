@@ -520,6 +520,11 @@ func (m *Module) replace(ctx context.Context, inst *instance) {
 // reaches Config.QuarantineAfter.
 func (m *Module) noteFailure(err error) {
 	n := m.failStreak.Add(1)
+	if n == 1 {
+		// Once per streak: a module failing on every request logs here
+		// and at quarantine, not once per request.
+		m.rt.log.Warn("wasm evaluation failed closed", "module", m.name, "err", err)
+	}
 	limit := m.rt.cfg.QuarantineAfter
 	if limit <= 0 || n < int64(limit) || !m.quarantined.CompareAndSwap(false, true) {
 		return
