@@ -55,7 +55,6 @@ type Fetcher func(ctx context.Context, user string) (*delta.Delta, error)
 
 // Config configures a replica.
 type Config struct {
-	JS       jetstream.JetStream
 	Topology bus.Topology
 	// MaxUsers bounds the map (default 1,000,000).
 	MaxUsers int
@@ -435,12 +434,12 @@ func (n *names) name(id uint16) string {
 
 // Run replays DELTAS and follows it until ctx is done. The ordered consumer resumes after the
 // last sequence seen when NATS comes back, so nothing is lost across a cut.
-func (r *Replica) Run(ctx context.Context) error {
+func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 	stream := r.cfg.Topology.DeltasStream()
 	var cons jetstream.Consumer
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, err := r.cfg.JS.OrderedConsumer(cctx, stream, jetstream.OrderedConsumerConfig{})
+		c, err := js.OrderedConsumer(cctx, stream, jetstream.OrderedConsumerConfig{})
 		cancel()
 		if err == nil {
 			cons = c
@@ -455,7 +454,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	// Where the stream stands now: once we reach it, we are caught up.
 	target := uint64(0)
-	if s, err := r.cfg.JS.Stream(ctx, stream); err == nil {
+	if s, err := js.Stream(ctx, stream); err == nil {
 		if info, err := s.Info(ctx); err == nil {
 			target = info.State.LastSeq
 		}

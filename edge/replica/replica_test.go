@@ -59,11 +59,11 @@ func TestReplaysThenFollowsDeltasDroppingStaleVersions(t *testing.T) {
 		Features: []delta.FeatureValue{{Key: "score:engagement", Value: profile.DoubleValue(42)}}})
 
 	var changes atomic.Int32
-	r, err := New(Config{JS: n.JS, Topology: n.Topology, OnChange: func(string, *Entry, *Entry) { changes.Add(1) }})
+	r, err := New(Config{Topology: n.Topology, OnChange: func(string, *Entry, *Entry) { changes.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go r.Run(ctx)
+	go r.Run(ctx, n.JS)
 	eventually(t, "catch-up", r.CaughtUp)
 	if got := memberNames(r, "alice"); !slices.Equal(got, []string{"vip", "cart"}) && !slices.Equal(got, []string{"cart", "vip"}) {
 		t.Fatalf("alice = %v after replay", got)

@@ -15,6 +15,8 @@ type Config struct {
 	OpsAddr            string        // EDGE_OPS_ADDR: /healthz, /readyz, /metrics; never public
 	UpstreamURL        string        // UPSTREAM_URL: the site behind the edge
 	OriginURL          string        // ORIGIN_URL: the origin's HTTP API
+	OriginToken        string        // SEGEDGE_ORIGIN_TOKEN: read key for the origin's user API
+	MaxUsers           int           // SEGEDGE_REPLICA_MAX_USERS: bound of the segment replica
 	NATSURL            string        // NATS_URL
 	NATSPrefix         string        // SEGEDGE_NATS_PREFIX
 	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT
@@ -33,6 +35,8 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.OpsAddr, "edge-ops-addr", "EDGE_OPS_ADDR", "127.0.0.1:8081", "operations listen address: /healthz, /readyz, /metrics (keep it private)")
 	s.String(&c.UpstreamURL, "upstream-url", "UPSTREAM_URL", "", "the site behind the edge, e.g. http://127.0.0.1:9090 (required)")
 	s.String(&c.OriginURL, "origin-url", "ORIGIN_URL", "http://127.0.0.1:7070", "the origin's HTTP API, for profile look-ups on a replica miss")
+	s.String(&c.OriginToken, "origin-token", "SEGEDGE_ORIGIN_TOKEN", "", "bearer token the edge sends to the origin on a replica miss (the origin's SEGEDGE_READ_KEY); empty: misses are treated as new visitors")
+	s.Int(&c.MaxUsers, "replica-max-users", "SEGEDGE_REPLICA_MAX_USERS", 1_000_000, "how many users the segment replica holds (about 200 bytes each)")
 	s.String(&c.NATSURL, "nats-url", "NATS_URL", "nats://127.0.0.1:4250", "NATS server URL (default: the origin's embedded server)")
 	s.String(&c.NATSPrefix, "nats-prefix", "SEGEDGE_NATS_PREFIX", "", "prefix for every stream and subject; must match the origin's")
 	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 30*time.Second, "how long to wait for the first NATS connection before giving up (not ready meanwhile)")

@@ -18,11 +18,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/fasthttp"
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/edge/replica"
 )
 
 // Main is the edge program: it parses args and the environment, runs until SIGINT or SIGTERM,
@@ -85,8 +87,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	var conn atomic.Pointer[nats.Conn]
 	ready.Add("nats", func(context.Context) error { return bus.Check(conn.Load()) })
+	topo := bus.Topology{Prefix: cfg.NATSPrefix, Partitions: bus.DefaultPartitions}
+	var fetch replica.Fetcher
+	if cfg.OriginToken != "" {
+		fetch = newOriginClient(cfg.OriginURL, cfg.OriginToken).fetch
+	}
+	rep, err := replica.New(replica.Config{Topology: topo, MaxUsers: cfg.MaxUsers, Fetch: fetch, Registerer: reg, Log: log})
+	if err != nil {
+		return err
+	}
+	ready.Add("replica", func(context.Context) error {
+		if !rep.CaughtUp() {
+			return errors.New("segment replica still replaying DELTAS")
+		}
+		return nil
+	})
 
-	e := &edge{cfg: cfg, log: log, proxy: px}
+	e := &edge{cfg: cfg, log: log, proxy: px, replica: rep}
 	srv := &fasthttp.Server{
 		Handler:                       e.handle,
 		Name:                          "segedge",
@@ -121,6 +138,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		conn.Store(nc)
 		log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+		js, err := jetstream.New(nc)
+		if err != nil {
+			errc <- fmt.Errorf("jetstream: %w", err)
+			return
+		}
+		if err := rep.Run(ctx, js); err != nil {
+			errc <- err
+		}
 	}()
 
 	var runErr error
@@ -153,9 +178,10 @@ func wrap(what string, err error) error {
 
 // edge holds what the request handlers need.
 type edge struct {
-	cfg   Config
-	log   *slog.Logger
-	proxy *passthrough
+	cfg     Config
+	log     *slog.Logger
+	proxy   *passthrough
+	replica *replica.Replica
 }
 
 // handle is the public side: our own endpoints first, everything else to the upstream.

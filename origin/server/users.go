@@ -4,7 +4,9 @@ import (
 	"errors"
 	"net/http"
 	"sort"
+	"time"
 
+	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/origin/store"
 )
@@ -15,6 +17,9 @@ type userSegments struct {
 	Segments []string `json:"segments"`
 	Version  uint64   `json:"version"`
 	Ruleset  uint64   `json:"ruleset"`
+	// Features are the values request-scoped rules read (with ?features=1; edges ask for them on
+	// a replica miss).
+	Features []delta.FeatureValue `json:"features,omitempty"`
 }
 
 func (o *origin) userID(w http.ResponseWriter, id string) bool {
@@ -67,7 +72,29 @@ func (o *origin) getUserSegments(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, "membership store: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, userSegments{UserID: id, Segments: nonNil(rec.Members), Version: rec.Version, Ruleset: o.rulesetVersion()})
+	ans := userSegments{UserID: id, Segments: nonNil(rec.Members), Version: rec.Version, Ruleset: o.rulesetVersion()}
+	if r.URL.Query().Get("features") == "1" {
+		if rules := o.activeRules(); rules != nil && len(rules.EdgeFeatures()) > 0 {
+			p, err := o.store.Get(r.Context(), id)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				httpError(w, http.StatusServiceUnavailable, "profile store: "+err.Error())
+				return
+			}
+			if p != nil {
+				now := time.Now()
+				for _, f := range rules.EdgeFeatures() {
+					if v, ok := p.Value(f, now); ok {
+						ans.Features = append(ans.Features, delta.FeatureValue{Key: delta.FeatureKey(f), Value: v})
+					}
+				}
+			}
+		}
+	}
+	if rec.Version == 0 && len(ans.Features) == 0 {
+		writeJSON(w, http.StatusNotFound, ans) // never published: the caller treats the user as new
+		return
+	}
+	writeJSON(w, http.StatusOK, ans)
 }
 
 // deleteUser is DELETE /v1/users/{id}: erasure of the profile, the memberships, and (through a
