@@ -63,6 +63,14 @@ type Config struct {
 	Now          func() time.Time
 	// DuePoll is how often due re-evaluations are checked (default 100ms).
 	DuePoll time.Duration
+	// Triggers, if set, is told of every published delta before the event is acknowledged, so a
+	// trigger fires at least once per membership change even across a crash.
+	Triggers TriggerSink
+}
+
+// TriggerSink receives published deltas (origin/trigger fires the rules file's triggers).
+type TriggerSink interface {
+	Fire(ctx context.Context, d *delta.Delta) error
 }
 
 // Engine runs the partition workers.
@@ -347,6 +355,11 @@ func (e *Engine) evaluateProfile(ctx context.Context, p int, prof *profile.Profi
 	}
 	if err := e.publish(ctx, p, d); err != nil {
 		return err
+	}
+	if e.cfg.Triggers != nil && changed {
+		if err := e.cfg.Triggers.Fire(ctx, d); err != nil {
+			return fmt.Errorf("fire triggers: %w", err)
+		}
 	}
 	if err := e.cfg.Members.Count(ctx, entered, exited); err != nil {
 		e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
