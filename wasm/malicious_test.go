@@ -98,6 +98,7 @@ func TestMisbehavingModulesFailClosed(t *testing.T) {
 		{file: "oob.wasm", trusted: true, want: ErrTrap, reason: reasonTrap},
 		{file: "recurse.wasm", want: ErrTrap, reason: reasonTrap},
 		{file: "status.wasm", trusted: true, want: ErrStatus, reason: reasonStatus},
+		{file: "exit.wasm", want: ErrExit, reason: reasonExit},
 	}
 	for _, tt := range tests {
 		name := tt.file
@@ -137,6 +138,28 @@ func TestMisbehavingModulesFailClosed(t *testing.T) {
 			}
 			assertHealthy(t, r)
 		})
+	}
+}
+
+func TestWASIIsSandboxed(t *testing.T) {
+	r, _ := newTestRuntime(t, Config{})
+	m, err := r.Load(context.Background(), "wasi", testdata(t, "wasi.wasm"), LoadOptions{OutputLen: okOutputLen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	out := make([]byte, okOutputLen)
+	if err := m.Evaluate(context.Background(), nil, out); err != nil {
+		t.Fatal(err)
+	}
+	if string(out[:8]) != "\x00\x00\x00\x00\x00\x00\x00\x00" {
+		t.Errorf("random_get gave % x, want zeros", out[:8])
+	}
+	if errno := out[16]; errno != 0 {
+		t.Errorf("fd_write to the discarded stdout: errno %d, want 0", errno)
+	}
+	if errno := out[20]; errno != 0 {
+		t.Errorf("random_get: errno %d, want 0", errno)
 	}
 }
 
