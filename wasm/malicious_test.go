@@ -164,19 +164,21 @@ func TestWASIIsSandboxed(t *testing.T) {
 }
 
 func TestGreedyModuleIsBoundedByTheCap(t *testing.T) {
-	r, _ := newTestRuntime(t, Config{MemoryLimitPages: 32})
-	m, err := r.Load(context.Background(), "growcap", testdata(t, "growcap.wasm"), LoadOptions{OutputLen: okOutputLen})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Release()
-	if err := m.Evaluate(context.Background(), nil, make([]byte, okOutputLen)); err != nil {
-		t.Fatalf("a module that stops at the cap should succeed: %v", err)
-	}
-	inst, _ := m.get(context.Background())
-	defer m.put(inst)
-	if got := inst.mem.Size(); got > 32*65536 {
-		t.Errorf("memory grew to %d bytes, past the 32-page cap", got)
+	for _, file := range []string{"growcap.wasm", "bigmax.wasm"} {
+		r, _ := newTestRuntime(t, Config{MemoryLimitPages: 32})
+		m, err := r.Load(context.Background(), file, testdata(t, file), LoadOptions{OutputLen: okOutputLen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Evaluate(context.Background(), nil, make([]byte, okOutputLen)); err != nil {
+			t.Fatalf("%s: a module that stops at the cap should succeed: %v", file, err)
+		}
+		inst, _ := m.get(context.Background())
+		if got := inst.mem.Size(); got > 32*65536 {
+			t.Errorf("%s: memory grew to %d bytes, past the 32-page cap", file, got)
+		}
+		m.put(inst)
+		m.Release()
 	}
 }
 
