@@ -296,6 +296,26 @@ func (p *Page) AppendTo(dst []byte, variants [][]byte) []byte {
 	return append(dst, p.statics[len(p.occ)]...)
 }
 
+// AppendChunks appends to dst the pieces of the page rendered with variants, in order, without
+// copying any content: static chunks and defaults are sub-slices of the body, variants are
+// passed through as given. Empty pieces are left out. It is meant for vectored writes
+// (net.Buffers, writev), where it saves the copy AppendTo makes; it does not allocate when
+// dst has room for 2*Occurrences()+1 pieces.
+func (p *Page) AppendChunks(dst [][]byte, variants [][]byte) [][]byte {
+	for i := range p.occ {
+		if s := p.statics[i]; len(s) > 0 {
+			dst = append(dst, s)
+		}
+		if c := p.content(&p.occ[i], variants); len(c) > 0 {
+			dst = append(dst, c)
+		}
+	}
+	if s := p.statics[len(p.occ)]; len(s) > 0 {
+		dst = append(dst, s)
+	}
+	return dst
+}
+
 // Render writes the page to w like AppendTo, one Write per non-empty chunk, and returns the
 // number of bytes written. It allocates nothing itself.
 func (p *Page) Render(w io.Writer, variants [][]byte) (int64, error) {

@@ -205,11 +205,19 @@ func TestAppendToDoesNotAllocate(t *testing.T) {
 	p := Compile([]byte(`<p>a</p><div data-seg-slot="hero">Hi</div><p>b</p><i data-seg-slot="x">y</i>`))
 	variants := [][]byte{[]byte("<b>variant</b>"), nil}
 	buf := make([]byte, 0, 1024)
-	allocs := testing.AllocsPerRun(100, func() {
+	var allocs float64
+	allocs = testing.AllocsPerRun(100, func() {
 		buf = p.AppendTo(buf[:0], variants)
 	})
 	if allocs != 0 {
 		t.Errorf("AppendTo allocates %v times per call, want 0", allocs)
+	}
+	chunks := make([][]byte, 0, 2*p.Occurrences()+1)
+	allocs = testing.AllocsPerRun(100, func() {
+		chunks = p.AppendChunks(chunks[:0], variants)
+	})
+	if allocs != 0 {
+		t.Errorf("AppendChunks allocates %v times per call, want 0", allocs)
 	}
 	var w bytes.Buffer
 	w.Grow(1024)
@@ -273,6 +281,13 @@ func checkInvariants(tb testing.TB, p *Page) {
 		}
 		if !bytes.Contains(body, marker) && bytes.Count(got, marker) != count {
 			tb.Fatalf("marker appears %d times, want once per occurrence (%d)", bytes.Count(got, marker), count)
+		}
+		var joined []byte
+		for _, c := range p.AppendChunks(nil, variants) {
+			joined = append(joined, c...)
+		}
+		if !bytes.Equal(joined, got) {
+			tb.Fatalf("AppendChunks differs from AppendTo")
 		}
 		if p.Len(variants) != len(got) {
 			tb.Fatalf("Len = %d, AppendTo wrote %d", p.Len(variants), len(got))
