@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,11 @@ import (
 
 // cartRules is a ruleset written in Go for the engine's own tests: cart_abandoner is
 // count("add_to_cart", "30m") > 0. (The compiled wasm rulesets are tested end to end elsewhere.)
-type cartRules struct{ spec *profile.Spec }
+type cartRules struct {
+	spec    *profile.Spec
+	name    string
+	version uint64
+}
 
 var cartFeature = profile.Feature{Kind: profile.FeatureCount, Name: "add_to_cart", Window: 30 * time.Minute}
 
@@ -34,15 +39,15 @@ func newCartRules(t *testing.T) *cartRules {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cartRules{spec: spec}
+	return &cartRules{spec: spec, name: "cart_abandoner", version: 7}
 }
 
-func (r *cartRules) Version() uint64                 { return 7 }
+func (r *cartRules) Version() uint64                 { return r.version }
 func (r *cartRules) Spec() *profile.Spec             { return r.spec }
 func (r *cartRules) EdgeFeatures() []profile.Feature { return nil }
 func (r *cartRules) Segments(_ context.Context, p *profile.Profile, now time.Time, dst []string) ([]string, error) {
 	if v, ok := p.Value(cartFeature, now); ok && v.Int > 0 {
-		dst = append(dst, "cart_abandoner")
+		dst = append(dst, r.name)
 	}
 	return dst, nil
 }
@@ -66,6 +71,7 @@ type rig struct {
 	pub    *ingest.Publisher
 	deltas jetstream.Consumer
 	clk    *clock
+	rules  atomic.Pointer[cartRules]
 }
 
 func newRig(t *testing.T) *rig {
@@ -77,13 +83,14 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	clk := &clock{now: time.Now()}
-	rules := newCartRules(t)
+	r := &rig{n: n, clk: clk, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())}
+	r.rules.Store(newCartRules(t))
 	eng, err := New(Config{
 		JS: n.JS, Topology: n.Topology,
 		Store:    memory.New(store.Options{Now: clk.Now}),
 		Members:  members.NewMemory(),
 		Schedule: schedule.NewMemory(),
-		Rules:    func() Rules { return rules },
+		Rules:    func() Rules { return r.rules.Load() },
 		Now:      clk.Now,
 		DuePoll:  10 * time.Millisecond,
 	})
@@ -95,7 +102,8 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{n: n, eng: eng, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry()), deltas: cons, clk: clk}
+	r.eng, r.deltas = eng, cons
+	return r
 }
 
 func (r *rig) send(t *testing.T, evs ...event.Event) {
@@ -186,5 +194,39 @@ func TestUnreadableEventIsDroppedAndCounted(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(r.eng.m.poison); got != 1 {
 		t.Fatalf("unreadable counter = %v, want 1", got)
+	}
+}
+
+func TestNewRulesetRescanFillsSegmentsWithoutEvents(t *testing.T) {
+	r := newRig(t)
+	users := []string{"u1", "u2", "u3", "u4", "u5"}
+	for _, u := range users {
+		r.send(t, event.Event{ID: "e-" + u, UserID: u, Type: "add_to_cart", TS: r.clk.Now()})
+	}
+	for range users {
+		r.next(t)
+	}
+	next := newCartRules(t)
+	next.name, next.version = "cart_fan", 8
+	r.rules.Store(next)
+	rs := NewRescanner(r.eng, 1000, prometheus.NewRegistry())
+	rs.Start(8)
+	seen := map[string]bool{}
+	for range users {
+		d := r.next(t)
+		if d.Cause != delta.CauseRuleset || d.Ruleset != 8 || !slices.Equal(d.Entered, []string{"cart_fan"}) || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+			t.Fatalf("rescan delta = %+v", d)
+		}
+		seen[d.UserID] = true
+	}
+	if len(seen) != len(users) {
+		t.Fatalf("rescanned %v, want every user", seen)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for rs.Status().Running && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := rs.Status(); st.Running || st.Done != int64(len(users)) || st.Failed != 0 {
+		t.Fatalf("status = %+v", st)
 	}
 }
