@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Defaults applied by New to zero Config fields. They are the values an operator would pick for
+// a site on the same network as the edge: short connects, generous reads for slow pages.
+const (
+	DefaultConnectTimeout        = 5 * time.Second
+	DefaultReadTimeout           = 30 * time.Second
+	DefaultWriteTimeout          = 30 * time.Second
+	DefaultMaxRequestBodySize    = 4 << 20
+	DefaultMaxResponseHeaderSize = 32 << 10
+	DefaultMaxConnsPerUpstream   = 1024
+	DefaultMaxIdleConnDuration   = 90 * time.Second
+)
+
+// Config says where requests go and how long the proxy waits for them.
+type Config struct {
+	// Upstream is the site behind the edge, "http://host:port" or "https://host" (no path).
+	Upstream string
+	// Upstreams sends requests by their Host header (without port) to another site; hosts not
+	// listed go to Upstream. Optional.
+	Upstreams map[string]string
+	// RewriteHost sends the upstream's own host in the Host header. The default passes the Host
+	// the client sent, which is what virtual-hosted sites behind a CDN expect.
+	RewriteHost bool
+	// Via, when set, is added to the Via header both ways as "1.1 <Via>" (RFC 9110 §7.6.3).
+	Via string
+
+	// ConnectTimeout bounds dialling the upstream (default DefaultConnectTimeout); exceeding it is a 504.
+	ConnectTimeout time.Duration
+	// ReadTimeout bounds reading the upstream's response (default DefaultReadTimeout); exceeding it
+	// before the response headers arrive is a 504.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing the request to the upstream (default DefaultWriteTimeout).
+	WriteTimeout time.Duration
+	// MaxRequestBodySize rejects requests whose Content-Length is larger with 413 before they reach
+	// the upstream (default DefaultMaxRequestBodySize). Chunked request bodies are bounded by the
+	// fasthttp.Server's own MaxRequestBodySize, as are request headers by its ReadBufferSize.
+	MaxRequestBodySize int
+	// MaxResponseHeaderSize bounds the upstream's response headers (default
+	// DefaultMaxResponseHeaderSize); larger ones are a 502.
+	MaxResponseHeaderSize int
+	// MaxConnsPerUpstream bounds open connections to each upstream (default DefaultMaxConnsPerUpstream).
+	MaxConnsPerUpstream int
+	// MaxIdleConnDuration closes upstream keep-alive connections idle that long (default DefaultMaxIdleConnDuration).
+	MaxIdleConnDuration time.Duration
+
+	// Now is the clock for Age and for the cache's freshness (default time.Now). Tests inject one.
+	Now func() time.Time
+}
+
+func (c *Config) applyDefaults() {
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxRequestBodySize <= 0 {
+		c.MaxRequestBodySize = DefaultMaxRequestBodySize
+	}
+	if c.MaxResponseHeaderSize <= 0 {
+		c.MaxResponseHeaderSize = DefaultMaxResponseHeaderSize
+	}
+	if c.MaxConnsPerUpstream <= 0 {
+		c.MaxConnsPerUpstream = DefaultMaxConnsPerUpstream
+	}
+	if c.MaxIdleConnDuration <= 0 {
+		c.MaxIdleConnDuration = DefaultMaxIdleConnDuration
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// upstream is one site the proxy forwards to.
+type upstream struct {
+	host   string // as in the URL, sent as Host when RewriteHost is set
+	tls    bool
+	client *fasthttp.HostClient
+}
+
+func newUpstream(raw string, c *Config) (*upstream, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("upstream %q: scheme must be http or https", raw)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("upstream %q: no host", raw)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return nil, fmt.Errorf("upstream %q: only scheme://host[:port] is supported (no path, query or user)", raw)
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		if u.Scheme == "https" {
+			addr += ":443"
+		} else {
+			addr += ":80"
+		}
+	}
+	connect := c.ConnectTimeout
+	return &upstream{host: u.Host, tls: u.Scheme == "https", client: &fasthttp.HostClient{
+		Addr:  addr,
+		IsTLS: u.Scheme == "https",
+		DialTimeout: func(addr string, _ time.Duration) (net.Conn, error) {
+			return fasthttp.DialTimeout(addr, connect)
+		},
+		ReadTimeout:                   c.ReadTimeout,
+		WriteTimeout:                  c.WriteTimeout,
+		MaxConns:                      c.MaxConnsPerUpstream,
+		MaxIdleConnDuration:           c.MaxIdleConnDuration,
+		ReadBufferSize:                c.MaxResponseHeaderSize,
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		NoDefaultUserAgentHeader:      true,
+		StreamResponseBody:            true,
+	}}, nil
+}
+
+func hostOnly(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
+		h = h[:i]
+	}
+	return strings.ToLower(h)
+}
