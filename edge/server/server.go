@@ -24,6 +24,7 @@ import (
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/edge/proxy"
 	"github.com/segedge/segedge/edge/replica"
 )
 
@@ -79,7 +80,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer opsLn.Close()
 
-	px, err := newPassthrough(cfg.UpstreamURL, cfg.UpstreamTimeout)
+	px, err := proxy.New(proxy.Config{
+		Upstream:     cfg.UpstreamURL,
+		ReadTimeout:  cfg.UpstreamTimeout,
+		WriteTimeout: cfg.UpstreamTimeout,
+	}, reg, log)
 	if err != nil {
 		return fmt.Errorf("proxy to %s: %w", cfg.UpstreamURL, err)
 	}
@@ -180,7 +185,7 @@ func wrap(what string, err error) error {
 type edge struct {
 	cfg     Config
 	log     *slog.Logger
-	proxy   *passthrough
+	proxy   *proxy.Proxy
 	replica *replica.Replica
 }
 
