@@ -1,0 +1,383 @@
+// Command loadgen drives an origin's POST /v1/events with a shop-like event mix at a target rate
+// and reports what the origin did with it: accepted events per second, rejections, HTTP latency,
+// and the latency from an event being accepted to the origin acting on it.
+//
+// Two ingest→origin latencies are reported, each saying how it was measured:
+//   - ingest→delta, from the DELTAS stream (-nats-url): every delta caused by an event carries the
+//     event's accepted_at (Unix ms, stamped by the origin); loadgen subscribes to the deltas
+//     subjects and takes now − accepted_at on receipt. Deltas only flow while a ruleset is active.
+//   - ingest→profile and ingest→delta from the origin's own histograms, scraped from /metrics
+//     before and after the run; quantiles are interpolated inside the buckets (0.5ms, 1ms, 2ms …),
+//     so they are only as fine as the buckets.
+//
+// Sending is open-loop: batches are due on a fixed schedule whatever the origin's answers take,
+// and "schedule latency" (due time → answer) shows the queueing a slow origin causes, which HTTP
+// latency (request start → answer) hides.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+type options struct {
+	origin, writeKey     string
+	rate                 int
+	duration, drain      time.Duration
+	users, batch, conc   int
+	natsURL, natsPrefix  string
+	metrics, jsonSummary bool
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	fs.StringVar(&o.origin, "origin", "http://127.0.0.1:7070", "origin base URL")
+	fs.StringVar(&o.writeKey, "write-key", os.Getenv("SEGEDGE_WRITE_KEY"), "bearer key for POST /v1/events (default $SEGEDGE_WRITE_KEY)")
+	fs.IntVar(&o.rate, "rate", 1000, "target events per second")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to send")
+	fs.IntVar(&o.users, "users", 10000, "distinct users (Zipf-distributed activity)")
+	fs.IntVar(&o.batch, "batch", 50, "events per request")
+	fs.IntVar(&o.conc, "concurrency", 16, "requests in flight at most")
+	fs.StringVar(&o.natsURL, "nats-url", "", "NATS URL to measure ingest→delta from the DELTAS subjects; empty: skip")
+	fs.StringVar(&o.natsPrefix, "nats-prefix", "", "the origin's SEGEDGE_NATS_PREFIX")
+	fs.BoolVar(&o.metrics, "metrics", true, "scrape the origin's /metrics before and after for its latency histograms")
+	fs.DurationVar(&o.drain, "drain", 30*time.Second, "after sending, wait up to this long for the origin to apply every accepted event")
+	fs.BoolVar(&o.jsonSummary, "json", false, "print one JSON summary line at the end (for scripts)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		os.Exit(2)
+	}
+	if err := o.validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	sum, err := run(ctx, o, os.Stdout)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
+		os.Exit(1)
+	}
+	if o.jsonSummary {
+		b, _ := json.Marshal(sum)
+		fmt.Println(string(b))
+	}
+}
+
+func (o options) validate() error {
+	var errs []error
+	if o.rate <= 0 || o.batch <= 0 || o.conc <= 0 || o.users <= 1 || o.duration <= 0 {
+		errs = append(errs, errors.New("-rate, -batch, -concurrency and -duration must be positive, -users at least 2"))
+	}
+	if o.writeKey == "" {
+		errs = append(errs, errors.New("-write-key (or SEGEDGE_WRITE_KEY) is required"))
+	}
+	if !strings.HasPrefix(o.origin, "http://") && !strings.HasPrefix(o.origin, "https://") {
+		errs = append(errs, fmt.Errorf("-origin %q: want an http(s) URL", o.origin))
+	}
+	return errors.Join(errs...)
+}
+
+// summary is the machine-readable result of a run (-json). Latencies are in milliseconds; a
+// negative value means not measured.
+type summary struct {
+	TargetRate      int     `json:"target_rate"`
+	OfferedPerSec   float64 `json:"offered_per_s"`
+	AcceptedPerSec  float64 `json:"accepted_per_s"`
+	Accepted        int64   `json:"accepted"`
+	Rejected        int64   `json:"rejected"`
+	Errors          int64   `json:"errors"`
+	HTTPP50         float64 `json:"http_p50_ms"`
+	HTTPP99         float64 `json:"http_p99_ms"`
+	SchedP99        float64 `json:"schedule_p99_ms"`
+	DeltaP50        float64 `json:"delta_p50_ms"`
+	DeltaP99        float64 `json:"delta_p99_ms"`
+	DeltaP999       float64 `json:"delta_p999_ms"`
+	Deltas          int     `json:"deltas"`
+	ProfileP50      float64 `json:"profile_p50_ms"`
+	ProfileP99      float64 `json:"profile_p99_ms"`
+	ProfileP999     float64 `json:"profile_p999_ms"`
+	ProfileP99Over  bool    `json:"profile_p99_over,omitempty"`
+	Drained         bool    `json:"drained"`
+	DrainSeconds    float64 `json:"drain_s"`
+	ProfileMeasured string  `json:"profile_measured"`
+}
+
+// stats are the sender's counters and samples.
+type stats struct {
+	accepted, rejected, errors, requests atomic.Int64
+	mu                                   sync.Mutex
+	http, sched                          latencies
+	firstErr                             string
+}
+
+func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
+	var rb [4]byte
+	_, _ = rand.Read(rb[:])
+	runID := "lg" + hex.EncodeToString(rb[:])
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxIdleConns: o.conc, MaxIdleConnsPerHost: o.conc, IdleConnTimeout: time.Minute},
+	}
+
+	// The delta subscription starts first, so no delta of this run is missed.
+	var dmu sync.Mutex
+	var deltaLat latencies
+	var deltaOther int
+	startMs := time.Now().UnixMilli()
+	if o.natsURL != "" {
+		nc, err := nats.Connect(o.natsURL, nats.Name("segedge-loadgen"))
+		if err != nil {
+			return nil, fmt.Errorf("connect to NATS at %s: %w", o.natsURL, err)
+		}
+		defer nc.Close()
+		subj := strings.ToLower(o.natsPrefix) + "seg.deltas.*"
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+			now := time.Now().UnixMilli()
+			var d struct {
+				UserID     string `json:"user_id"`
+				AcceptedAt int64  `json:"accepted_at"`
+			}
+			if json.Unmarshal(m.Data, &d) != nil || d.AcceptedAt < startMs || !strings.HasPrefix(d.UserID, runID+"-") {
+				dmu.Lock()
+				deltaOther++
+				dmu.Unlock()
+				return
+			}
+			dmu.Lock()
+			deltaLat = append(deltaLat, time.Duration(now-d.AcceptedAt)*time.Millisecond)
+			dmu.Unlock()
+		})
+		if err != nil {
+			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
+		}
+		_ = sub.SetPendingLimits(-1, -1)
+		if err := nc.Flush(); err != nil {
+			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
+		}
+		defer sub.Unsubscribe()
+	}
+
+	var before metrics
+	if o.metrics {
+		var err error
+		if before, err = scrape(ctx, client, o.origin); err != nil {
+			return nil, err
+		}
+	}
+
+	fmt.Fprintf(out, "loadgen %s: %d events/s for %s to %s, %d users, %d events/request, %d in flight at most\n",
+		runID, o.rate, o.duration, o.origin, o.users, o.batch, o.conc)
+	st := &stats{}
+	var seq atomic.Uint64
+	next := func() uint64 { return seq.Add(1) }
+	type job struct{ due time.Time }
+	jobs := make(chan job, o.conc)
+	var wg sync.WaitGroup
+	for w := range o.conc {
+		g := newGenerator(runID, o.users, uint64(w)+1)
+		wg.Go(func() {
+			var buf []byte
+			for j := range jobs {
+				buf = g.batch(buf[:0], o.batch, time.Now(), next)
+				send(ctx, client, o, buf, j.due, st)
+			}
+		})
+	}
+	interval := time.Duration(float64(time.Second) * float64(o.batch) / float64(o.rate))
+	t0 := time.Now()
+	end := t0.Add(o.duration)
+	batches := 0
+	for due := t0; due.Before(end) && ctx.Err() == nil; due = due.Add(interval) {
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		select {
+		case jobs <- job{due: due}:
+			batches++
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(t0)
+
+	sum := &summary{TargetRate: o.rate, Accepted: st.accepted.Load(), Rejected: st.rejected.Load(), Errors: st.errors.Load()}
+	sum.OfferedPerSec = float64(batches*o.batch) / elapsed.Seconds()
+	sum.AcceptedPerSec = float64(sum.Accepted) / elapsed.Seconds()
+	fmt.Fprintf(out, "sent     %d requests in %s: offered %.0f events/s (target %d)\n", st.requests.Load(), elapsed.Round(time.Millisecond), sum.OfferedPerSec, o.rate)
+	fmt.Fprintf(out, "accepted %d events (%.0f/s), rejected %d, failed requests %d", sum.Accepted, sum.AcceptedPerSec, sum.Rejected, sum.Errors)
+	if st.firstErr != "" {
+		fmt.Fprintf(out, " (first: %s)", st.firstErr)
+	}
+	fmt.Fprintln(out)
+	st.mu.Lock()
+	fmt.Fprintf(out, "HTTP latency     (request start → 202):  %s\n", st.http.summary())
+	fmt.Fprintf(out, "schedule latency (batch due → 202):      %s\n", st.sched.summary())
+	sum.HTTPP50, sum.HTTPP99 = ms(st.http, 0.5), ms(st.http, 0.99)
+	sum.SchedP99 = ms(st.sched, 0.99)
+	st.mu.Unlock()
+
+	// Wait for the origin to apply everything it accepted, so the histograms below cover the
+	// whole run, backlog included.
+	sum.ProfileP50, sum.ProfileP99, sum.ProfileP999 = -1, -1, -1
+	if o.metrics {
+		t1 := time.Now()
+		target := before["segedge_origin_events_applied_total"] + before["segedge_origin_events_duplicate_total"] + float64(sum.Accepted)
+		var after metrics
+		for {
+			var err error
+			if after, err = scrape(ctx, client, o.origin); err != nil {
+				return nil, err
+			}
+			done := after["segedge_origin_events_applied_total"]+after["segedge_origin_events_duplicate_total"] >= target
+			if done || time.Since(t1) > o.drain || ctx.Err() != nil {
+				sum.Drained = done
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		sum.DrainSeconds = time.Since(t1).Seconds()
+		fmt.Fprintf(out, "origin backlog drained %v, %.1fs after the last send\n", sum.Drained, sum.DrainSeconds)
+		prof := histDelta(before, after, "segedge_origin_ingest_to_profile_seconds")
+		del := histDelta(before, after, "segedge_origin_ingest_to_delta_seconds")
+		upd := histDelta(before, after, "segedge_origin_profile_update_duration_seconds")
+		pub := histDelta(before, after, "segedge_origin_events_publish_duration_seconds")
+		fmt.Fprintf(out, "from the origin's /metrics histograms (bucket-interpolated; buckets 0.5ms·2^k):\n")
+		fmt.Fprintf(out, "  ingest→profile  segedge_origin_ingest_to_profile_seconds:        %s\n", histSummary(prof))
+		fmt.Fprintf(out, "  ingest→delta    segedge_origin_ingest_to_delta_seconds:          %s\n", histSummary(del))
+		fmt.Fprintf(out, "  store update    segedge_origin_profile_update_duration_seconds:  %s\n", histSummary(upd))
+		fmt.Fprintf(out, "  JetStream store segedge_origin_events_publish_duration_seconds:  %s\n", histSummary(pub))
+		sum.ProfileMeasured = "origin /metrics histogram segedge_origin_ingest_to_profile_seconds, bucket-interpolated"
+		if v, _, ok := histQuantile(prof, 0.5); ok {
+			var over bool
+			sum.ProfileP50 = v * 1000
+			v, over, _ = histQuantile(prof, 0.99)
+			sum.ProfileP99, sum.ProfileP99Over = v*1000, over
+			v, _, _ = histQuantile(prof, 0.999)
+			sum.ProfileP999 = v * 1000
+		}
+	}
+
+	sum.DeltaP50, sum.DeltaP99, sum.DeltaP999 = -1, -1, -1
+	if o.natsURL != "" {
+		time.Sleep(500 * time.Millisecond) // deltas published at the end of the drain are in flight
+		dmu.Lock()
+		sum.Deltas = len(deltaLat)
+		fmt.Fprintf(out, "ingest→delta on DELTAS (now − accepted_at, 1ms resolution): %s", deltaLat.summary())
+		if deltaOther > 0 {
+			fmt.Fprintf(out, "; %d deltas of other users or causes ignored", deltaOther)
+		}
+		fmt.Fprintln(out)
+		if len(deltaLat) == 0 {
+			fmt.Fprintln(out, "  no deltas for this run's users: the origin publishes deltas only while a ruleset is active")
+		} else {
+			sum.DeltaP50, sum.DeltaP99, sum.DeltaP999 = ms(deltaLat, 0.5), ms(deltaLat, 0.99), ms(deltaLat, 0.999)
+		}
+		dmu.Unlock()
+	}
+	return sum, nil
+}
+
+// ms is the q-quantile of samples in milliseconds, -1 without samples.
+func ms(l latencies, q float64) float64 {
+	if len(l) == 0 {
+		return -1
+	}
+	s := slices.Clone(l)
+	slices.Sort(s)
+	return float64(quantile(s, q)) / float64(time.Millisecond)
+}
+
+// send posts one batch and records the outcome.
+func send(ctx context.Context, client *http.Client, o options, body []byte, due time.Time, st *stats) {
+	st.requests.Add(1)
+	req, err := http.NewRequestWithContext(ctx, "POST", o.origin+"/v1/events", bytes.NewReader(body))
+	if err != nil {
+		st.fail(int64(o.batch), err.Error())
+		return
+	}
+	req.Header.Set("Authorization", "Bearer "+o.writeKey)
+	req.Header.Set("Content-Type", "application/json")
+	t0 := time.Now()
+	res, err := client.Do(req)
+	if err != nil {
+		st.errors.Add(1)
+		st.fail(int64(o.batch), err.Error())
+		return
+	}
+	raw, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	done := time.Now()
+	var ans struct {
+		Accepted int `json:"accepted"`
+	}
+	_ = json.Unmarshal(raw, &ans)
+	if res.StatusCode != http.StatusAccepted {
+		st.errors.Add(1)
+		st.fail(int64(o.batch), fmt.Sprintf("HTTP %d: %s", res.StatusCode, strings.TrimSpace(string(raw))))
+		return
+	}
+	st.accepted.Add(int64(ans.Accepted))
+	if r := o.batch - ans.Accepted; r > 0 {
+		st.fail(int64(r), fmt.Sprintf("HTTP 202 with %d events rejected: %s", r, strings.TrimSpace(string(raw))))
+	}
+	st.mu.Lock()
+	st.http = append(st.http, done.Sub(t0))
+	st.sched = append(st.sched, done.Sub(due))
+	st.mu.Unlock()
+}
+
+func (st *stats) fail(events int64, msg string) {
+	st.rejected.Add(events)
+	st.mu.Lock()
+	if st.firstErr == "" {
+		if len(msg) > 200 {
+			msg = msg[:200] + "…"
+		}
+		st.firstErr = msg
+	}
+	st.mu.Unlock()
+}
+
+// scrape reads the origin's /metrics.
+func scrape(ctx context.Context, c *http.Client, origin string) (metrics, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", origin+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", origin, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s/metrics: HTTP %d", origin, res.StatusCode)
+	}
+	m, err := parseMetrics(res.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", origin, err)
+	}
+	return m, nil
+}

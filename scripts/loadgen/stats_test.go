@@ -1,0 +1,151 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+const scrapeBefore = `# HELP segedge_origin_ingest_to_profile_seconds From event accepted to profile updated.
+# TYPE segedge_origin_ingest_to_profile_seconds histogram
+segedge_origin_ingest_to_profile_seconds_bucket{le="0.001"} 10
+segedge_origin_ingest_to_profile_seconds_bucket{le="0.002"} 10
+segedge_origin_ingest_to_profile_seconds_bucket{le="0.004"} 10
+segedge_origin_ingest_to_profile_seconds_bucket{le="+Inf"} 10
+segedge_origin_ingest_to_profile_seconds_sum 0.005
+segedge_origin_ingest_to_profile_seconds_count 10
+segedge_origin_events_applied_total 10
+segedge_origin_events_rejected_total{reason="invalid"} 0
+`
+
+// After: 100 more observations, 50 in (0,1ms], 40 in (1ms,2ms], 10 in (2ms,4ms].
+const scrapeAfter = `segedge_origin_ingest_to_profile_seconds_bucket{le="0.001"} 60
+segedge_origin_ingest_to_profile_seconds_bucket{le="0.002"} 100
+segedge_origin_ingest_to_profile_seconds_bucket{le="0.004"} 110
+segedge_origin_ingest_to_profile_seconds_bucket{le="+Inf"} 110
+segedge_origin_ingest_to_profile_seconds_sum 0.2
+segedge_origin_ingest_to_profile_seconds_count 110
+segedge_origin_events_applied_total 1.1e+02
+segedge_origin_events_rejected_total{reason="invalid"} 3 1700000000000
+`
+
+func TestParseMetricsReadsSeriesWithAndWithoutLabels(t *testing.T) {
+	m, err := parseMetrics(strings.NewReader(scrapeAfter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for series, want := range map[string]float64{
+		`segedge_origin_events_applied_total`:                         110,
+		`segedge_origin_events_rejected_total{reason="invalid"}`:      3,
+		`segedge_origin_ingest_to_profile_seconds_bucket{le="+Inf"}`:  110,
+		`segedge_origin_ingest_to_profile_seconds_bucket{le="0.001"}`: 60,
+		`segedge_origin_ingest_to_profile_seconds_sum`:                0.2,
+	} {
+		if got, ok := m[series]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+}
+
+func TestParseMetricsRejectsGarbage(t *testing.T) {
+	for _, in := range []string{
+		"x_total notanumber\n",
+		"x_total\n",
+		`x{le="1"}` + "\n",
+		"x 1 2 3\n",
+	} {
+		if _, err := parseMetrics(strings.NewReader(in)); err == nil {
+			t.Errorf("parseMetrics(%q): no error", in)
+		}
+	}
+}
+
+func TestHistogramQuantilesOfTheRunOnly(t *testing.T) {
+	before, _ := parseMetrics(strings.NewReader(scrapeBefore))
+	after, _ := parseMetrics(strings.NewReader(scrapeAfter))
+	d := histDelta(before, after, "segedge_origin_ingest_to_profile_seconds")
+	if n := d[len(d)-1].count; n != 100 {
+		t.Fatalf("observations in the run = %v, want 100", n)
+	}
+	for _, tc := range []struct {
+		q    float64
+		want float64
+		over bool
+	}{
+		{0.5, 0.001, false},   // rank 50 is the last of the first bucket
+		{0.25, 0.0005, false}, // halfway into (0, 1ms]
+		{0.7, 0.0015, false},  // rank 70: 20 of 40 into (1ms, 2ms]
+		{0.95, 0.003, false},  // rank 95: 5 of 10 into (2ms, 4ms]
+		{1.0, 0.004, false},
+	} {
+		v, over, ok := histQuantile(d, tc.q)
+		if !ok || over != tc.over || math.Abs(v-tc.want) > 1e-9 {
+			t.Errorf("q%.2f = %v over=%v ok=%v, want %v over=%v", tc.q, v, over, ok, tc.want, tc.over)
+		}
+	}
+}
+
+func TestHistogramQuantileInTheInfBucketSaysSo(t *testing.T) {
+	bs := []bucket{{0.001, 1}, {0.002, 2}, {math.Inf(1), 100}}
+	v, over, ok := histQuantile(bs, 0.99)
+	if !ok || !over || v != 0.002 {
+		t.Errorf("got %v over=%v ok=%v, want 0.002 over=true", v, over, ok)
+	}
+	if _, _, ok := histQuantile([]bucket{{0.001, 0}, {math.Inf(1), 0}}, 0.5); ok {
+		t.Error("an empty histogram gave a quantile")
+	}
+	if s := histSummary(nil); s != "no observations" {
+		t.Errorf("summary of nothing = %q", s)
+	}
+}
+
+func TestQuantileNearestRank(t *testing.T) {
+	var s []time.Duration
+	for i := 1; i <= 1000; i++ {
+		s = append(s, time.Duration(i)*time.Millisecond)
+	}
+	for q, want := range map[float64]time.Duration{0.5: 500 * time.Millisecond, 0.99: 990 * time.Millisecond, 0.999: 999 * time.Millisecond, 1: time.Second, 0: time.Millisecond} {
+		if got := quantile(s, q); got != want {
+			t.Errorf("q%v = %s, want %s", q, got, want)
+		}
+	}
+	if quantile(nil, 0.5) != 0 {
+		t.Error("quantile of nothing is not 0")
+	}
+}
+
+func TestBatchIsValidJSONWithTheMix(t *testing.T) {
+	g := newGenerator("lgtest", 100, 1)
+	var n uint64
+	next := func() uint64 { n++; return n }
+	counts := map[string]int{}
+	ids := map[string]bool{}
+	for range 200 {
+		b := g.batch(nil, 50, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), next)
+		var evs []struct {
+			ID     string         `json:"event_id"`
+			UserID string         `json:"user_id"`
+			Type   string         `json:"type"`
+			TS     time.Time      `json:"ts"`
+			Props  map[string]any `json:"props"`
+		}
+		if err := json.Unmarshal(b, &evs); err != nil {
+			t.Fatalf("batch is not JSON: %v\n%s", err, b)
+		}
+		for _, e := range evs {
+			if ids[e.ID] || !strings.HasPrefix(e.ID, "lgtest-") || !strings.HasPrefix(e.UserID, "lgtest-u") || e.Props == nil {
+				t.Fatalf("bad event %+v", e)
+			}
+			ids[e.ID] = true
+			counts[e.Type]++
+		}
+	}
+	// 10,000 events: page_view ~70%, add_to_cart ~15%, identify and purchase_completed ~5%.
+	for typ, want := range map[string]float64{"page_view": 0.70, "add_to_cart": 0.15, "identify": 0.05, "purchase_completed": 0.05} {
+		if got := float64(counts[typ]) / 10000; math.Abs(got-want) > 0.02 {
+			t.Errorf("%s share = %.3f, want %.2f±0.02", typ, got, want)
+		}
+	}
+}
