@@ -34,6 +34,12 @@ func newTestRuntime(t testing.TB, cfg Config) (*Runtime, *prometheus.Registry) {
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
 	}
+	if cfg.EvalTimeout == 0 {
+		// Wall-clock deadlines fail good modules when the shared test box
+		// stalls a thread (20–500 ms stalls seen at load average 8 on 2
+		// cores). Tests about timeouts set their own.
+		cfg.EvalTimeout = 10 * time.Second
+	}
 	r, err := NewRuntime(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("NewRuntime: %v", err)
