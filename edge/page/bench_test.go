@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"testing"
+
+	"golang.org/x/net/html"
 )
 
 // splicePage builds a page of about 50 KB from the start of the real cloudflare.com page with
@@ -114,5 +116,32 @@ func BenchmarkCompile(b *testing.B) {
 				Compile(body)
 			}
 		})
+	}
+}
+
+// BenchmarkTokenizeOnly is the floor under BenchmarkCompile: the x/net/html tokenizer walking
+// the cloudflare.com page with nothing else done.
+func BenchmarkTokenizeOnly(b *testing.B) {
+	body := corpusPages(b)["cloudflare.com.html"]
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		z := html.NewTokenizer(bytes.NewReader(body))
+		for z.Next() != html.ErrorToken {
+			_ = z.Raw()
+		}
+	}
+}
+
+// BenchmarkSpliceCopyFloor is the floor under BenchmarkSplice: one copy of as many bytes as
+// the spliced page has, on the same machine in the same run.
+func BenchmarkSpliceCopyFloor(b *testing.B) {
+	p := Compile(splicePage(b))
+	src := make([]byte, p.Len(nil))
+	dst := make([]byte, len(src))
+	b.SetBytes(int64(len(src)))
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(dst, src)
 	}
 }

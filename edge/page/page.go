@@ -66,6 +66,7 @@ type compiler struct {
 	p       *Page
 	open    *openSlot
 	foreign int // how many <svg>/<math> elements are open (approximately: start minus end tags)
+	name    []byte
 }
 
 func (c *compiler) run() {
@@ -84,7 +85,7 @@ func (c *compiler) run() {
 		case html.StartTagToken, html.SelfClosingTagToken:
 			c.startTag(z, tt == html.SelfClosingTagToken, start, off)
 		case html.EndTagToken:
-			c.endTag(z, start)
+			c.endTag(z, start, off)
 		}
 	}
 	if c.open != nil {
@@ -94,8 +95,8 @@ func (c *compiler) run() {
 }
 
 func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int) {
-	rawName, hasAttr := z.TagName()
-	a := atom.Lookup(rawName)
+	raw := c.p.body[start:end]
+	a, rawName := c.tagName(raw)
 	inForeign := c.foreign > 0
 	if (a == atom.Svg || a == atom.Math) && !selfClosing {
 		c.foreign++
@@ -109,7 +110,7 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 	opens := !isVoid(a) && !(selfClosing && inForeign)
 
 	name, isSlot := "", false
-	if hasAttr {
+	if containsFold(raw, SlotAttr) { // cheap filter before asking the tokenizer for attributes
 		name, isSlot = slotName(z)
 	}
 	if c.open != nil {
@@ -136,9 +137,8 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 	}
 }
 
-func (c *compiler) endTag(z *html.Tokenizer, start int) {
-	rawName, _ := z.TagName()
-	a := atom.Lookup(rawName)
+func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
+	a, rawName := c.tagName(c.p.body[start:end])
 	if (a == atom.Svg || a == atom.Math) && c.foreign > 0 {
 		c.foreign--
 		if c.foreign == 0 {
@@ -184,6 +184,52 @@ func slotName(z *html.Tokenizer) (string, bool) {
 			return "", false
 		}
 	}
+}
+
+// tagName returns the atom and lower-cased name of the tag whose raw bytes (from the body)
+// are raw, as the tokenizer's TagName would, but without its copy per tag: the name runs
+// from after "<" or "</" to the first whitespace, "/" or ">", and a NUL in it stands for
+// U+FFFD. The returned name is valid until the next call.
+func (c *compiler) tagName(raw []byte) (atom.Atom, []byte) {
+	i := 1
+	if i < len(raw) && raw[i] == '/' {
+		i++
+	}
+	c.name = c.name[:0]
+	for ; i < len(raw); i++ {
+		ch := raw[i]
+		switch {
+		case ch == ' ' || ch == '\n' || ch == '\t' || ch == '\f' || ch == '\r' || ch == '/' || ch == '>':
+			return atom.Lookup(c.name), c.name
+		case 'A' <= ch && ch <= 'Z':
+			ch += 'a' - 'A'
+		case ch == 0:
+			c.name = append(c.name, "\uFFFD"...)
+			continue
+		}
+		c.name = append(c.name, ch)
+	}
+	return atom.Lookup(c.name), c.name
+}
+
+// containsFold reports whether b contains the lower-case ASCII string s, ignoring ASCII case.
+func containsFold(b []byte, s string) bool {
+	for i := 0; i+len(s) <= len(b); i++ {
+		j := 0
+		for ; j < len(s); j++ {
+			ch := b[i+j]
+			if 'A' <= ch && ch <= 'Z' {
+				ch += 'a' - 'A'
+			}
+			if ch != s[j] {
+				break
+			}
+		}
+		if j == len(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // tagString names an element without allocating for the names HTML knows.

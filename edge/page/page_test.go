@@ -326,6 +326,43 @@ func TestTokenizerRawTilesInput(t *testing.T) {
 	}
 }
 
+// TestTagNameMatchesTokenizer checks the compiler's allocation-free tag name against the
+// tokenizer's own TagName on every tag of the corpus and the odd-markup table.
+func TestTagNameMatchesTokenizer(t *testing.T) {
+	inputs := [][]byte{[]byte("<A\x00b>x</A\x00B ><SVG/><x-Y\tz=1></x-y\n>")}
+	for _, tc := range oddDocuments {
+		inputs = append(inputs, []byte(tc.doc))
+	}
+	if findCorpus() != "" {
+		for _, b := range corpusPages(t) {
+			inputs = append(inputs, b)
+		}
+		for _, in := range corpusTokenizerInputs(t) {
+			inputs = append(inputs, []byte(in.Input))
+		}
+	}
+	var c compiler
+	for _, in := range inputs {
+		z := html.NewTokenizer(bytes.NewReader(in))
+		off := 0
+		for {
+			tt := z.Next()
+			if tt == html.ErrorToken {
+				break
+			}
+			start := off
+			off += len(z.Raw())
+			if tt != html.StartTagToken && tt != html.EndTagToken && tt != html.SelfClosingTagToken {
+				continue
+			}
+			want, _ := z.TagName()
+			if _, got := c.tagName(in[start:off]); !bytes.Equal(got, want) {
+				t.Errorf("tag name of %q = %q, tokenizer says %q", in[start:off], got, want)
+			}
+		}
+	}
+}
+
 func TestPassthroughCorpusPages(t *testing.T) {
 	for name, b := range corpusPages(t) {
 		p := Compile(b)
