@@ -372,7 +372,9 @@ func (m *Module) Quarantined() bool { return m.quarantined.Load() }
 // Evaluate runs the module once: it writes input at the instance's input
 // buffer, calls segedge_eval(len(input)) and copies OutputLen bytes of output
 // into output, which must be at least that long. It uses a pooled instance,
-// waiting (until ctx ends) when PoolMax are busy.
+// waiting (until ctx ends) when PoolMax are busy. ctx does not bound the wasm
+// call itself: a trusted call is loop-free, an untrusted one is bounded by
+// Config.EvalTimeout (and not started if ctx has already ended).
 //
 // On error output is left untouched and the caller must treat the evaluation
 // as "no segments, every error bit set". Module failures (trap, deadline,
