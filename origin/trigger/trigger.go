@@ -106,9 +106,12 @@ func ParseOn(s string) (Kind, string, error) {
 		return 0, "", fmt.Errorf("trigger on %q: want enter(\"segment\") or exit(\"segment\")", s)
 	}
 	arg := strings.TrimSpace(s[open+1 : len(s)-1])
+	if len(arg) < 2 || arg[0] != '"' {
+		return 0, "", fmt.Errorf("trigger on %q: the segment must be a double-quoted string", s)
+	}
 	seg, err := strconv.Unquote(arg)
-	if err != nil || (len(arg) > 0 && arg[0] == '`') {
-		return 0, "", fmt.Errorf("trigger on %q: the segment must be a quoted string", s)
+	if err != nil {
+		return 0, "", fmt.Errorf("trigger on %q: the segment must be a double-quoted string: %v", s, err)
 	}
 	if seg == "" {
 		return 0, "", fmt.Errorf("trigger on %q: empty segment name", s)
