@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/valyala/fasthttp"
 )
 
@@ -20,6 +21,7 @@ const (
 	DefaultMaxResponseHeaderSize = 32 << 10
 	DefaultMaxConnsPerUpstream   = 1024
 	DefaultMaxIdleConnDuration   = 90 * time.Second
+	DefaultMaxCacheableBodySize  = 8 << 20
 )
 
 // Config says where requests go and how long the proxy waits for them.
@@ -54,7 +56,25 @@ type Config struct {
 	// MaxIdleConnDuration closes upstream keep-alive connections idle that long (default DefaultMaxIdleConnDuration).
 	MaxIdleConnDuration time.Duration
 
-	// Now is the clock for Age and for the cache's freshness (default time.Now). Tests inject one.
+	// Cache, when set, makes the proxy a shared cache for GET and HEAD (RFC 9111): responses on
+	// that path carry "Segedge-Cache: HIT|MISS|STALE|PASS|REVALIDATED".
+	Cache *httpcache.Cache
+	// MaxCacheableBodySize: larger responses are streamed to the client and not stored (default
+	// DefaultMaxCacheableBodySize).
+	MaxCacheableBodySize int
+	// OnCacheFill runs once on every entry before it is stored from a full upstream response
+	// (not on a 304 refresh, which keeps the body and Compiled), so the edge can parse the page
+	// once and keep the result in Entry.Compiled. It must not modify Body or Header.
+	OnCacheFill func(*httpcache.Entry)
+	// Render, when set, writes the body for a response served from the cache (every result but
+	// PASS). The proxy has already set the status, the stored headers, Age and Segedge-Cache on
+	// ctx.Response; Render writes the body (e.g. the personalized page) and returns true, or
+	// returns false to send the stored body unchanged. With Render set the proxy does not answer
+	// the client's own If-None-Match/If-Modified-Since with 304, since the body it sends is not
+	// the stored one. HEAD requests never reach Render.
+	Render func(ctx *fasthttp.RequestCtx, e *httpcache.Entry) bool
+	// Now is the proxy's clock for request and response times of cached responses (default:
+	// the cache's clock, or time.Now). Tests inject one.
 	Now func() time.Time
 }
 
@@ -79,6 +99,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxIdleConnDuration <= 0 {
 		c.MaxIdleConnDuration = DefaultMaxIdleConnDuration
+	}
+	if c.MaxCacheableBodySize <= 0 {
+		c.MaxCacheableBodySize = DefaultMaxCacheableBodySize
+	}
+	if c.Now == nil && c.Cache != nil {
+		c.Now = c.Cache.Now
 	}
 	if c.Now == nil {
 		c.Now = time.Now

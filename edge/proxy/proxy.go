@@ -81,8 +81,18 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	up := p.upstreamFor(ctx)
+	if p.cfg.Cache != nil && (ctx.IsGet() || ctx.IsHead()) {
+		p.handleCached(ctx, up)
+		return
+	}
 	p.prepareRequest(ctx, up)
+	p.pass(ctx, up)
+}
+
+// pass forwards the prepared request and relays the response without the cache.
+func (p *Proxy) pass(ctx *fasthttp.RequestCtx, up *upstream) {
 	resp := fasthttp.AcquireResponse()
+	resp.Header.SetNoDefaultContentType(true)
 	if err := p.roundTrip(up, &ctx.Request, resp); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		p.upstreamFailed(ctx, err)
