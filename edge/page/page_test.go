@@ -3,8 +3,11 @@ package page
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/net/html"
 )
@@ -406,4 +409,46 @@ func TestPassthroughTokenizerCorpus(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestChunksAliasTheBody checks that compiling copies nothing: every piece of the page is a
+// sub-slice of the body it was compiled from.
+func TestChunksAliasTheBody(t *testing.T) {
+	body := []byte(`<p>a</p><div data-seg-slot="hero">Hi</div><p>b</p><i data-seg-slot="x">y</i>tail`)
+	p := Compile(body)
+	lo, hi := uintptr(unsafe.Pointer(unsafe.SliceData(body))), uintptr(unsafe.Pointer(unsafe.SliceData(body)))+uintptr(len(body))
+	chunks := p.AppendChunks(nil, nil)
+	if len(chunks) != 5 {
+		t.Fatalf("got %d chunks, want 5 (3 static, 2 defaults)", len(chunks))
+	}
+	for _, c := range chunks {
+		at := uintptr(unsafe.Pointer(unsafe.SliceData(c)))
+		if at < lo || at+uintptr(len(c)) > hi {
+			t.Errorf("chunk %q is not inside the body", c)
+		}
+	}
+}
+
+// TestConcurrentRendering renders one page from many goroutines with different variants, as
+// the edge does; run with -race.
+func TestConcurrentRendering(t *testing.T) {
+	p := Compile([]byte(`<h1 data-seg-slot="hero">default</h1><p>body</p>`))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := fmt.Appendf(nil, "variant %d", g)
+			want := fmt.Sprintf(`<h1 data-seg-slot="hero">variant %d</h1><p>body</p>`, g)
+			buf := make([]byte, 0, 64)
+			for range 200 {
+				buf = p.AppendTo(buf[:0], [][]byte{v})
+				if string(buf) != want {
+					t.Errorf("goroutine %d got %q", g, buf)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
