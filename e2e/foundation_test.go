@@ -33,7 +33,7 @@ func (s services) String() string {
 	return "embedded defaults"
 }
 
-func startSystem(t *testing.T, svc services, upstream string) *system {
+func startSystem(t *testing.T, svc services, upstream string, edgeEnv ...string) *system {
 	t.Helper()
 	sys := &system{natsPrefix: testenv.Prefix(t)}
 	originAddr, natsAddr := freeAddr(t), freeAddr(t)
@@ -43,6 +43,7 @@ func startSystem(t *testing.T, svc services, upstream string) *system {
 		"SEGEDGE_NATS_PREFIX=" + sys.natsPrefix,
 		"SEGEDGE_ADMIN_TOKEN=admin-secret",
 		"SEGEDGE_WRITE_KEY=write-secret",
+		"SEGEDGE_READ_KEY=read-secret",
 	}
 	natsURL := "nats://" + natsAddr
 	if svc.external {
@@ -63,10 +64,11 @@ func startSystem(t *testing.T, svc services, upstream string) *system {
 	waitStatus(t, sys.origin, sys.originURL+"/readyz", 200, 20*time.Second)
 
 	edgeAddr, opsAddr := freeAddr(t), freeAddr(t)
-	sys.edge = start(t, "edge",
-		"EDGE_ADDR="+edgeAddr, "EDGE_OPS_ADDR="+opsAddr, "UPSTREAM_URL="+upstream,
-		"ORIGIN_URL="+sys.originURL, "NATS_URL="+natsURL, "SEGEDGE_NATS_PREFIX="+sys.natsPrefix,
-		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789")
+	sys.edge = start(t, "edge", append([]string{
+		"EDGE_ADDR=" + edgeAddr, "EDGE_OPS_ADDR=" + opsAddr, "UPSTREAM_URL=" + upstream,
+		"ORIGIN_URL=" + sys.originURL, "NATS_URL=" + natsURL, "SEGEDGE_NATS_PREFIX=" + sys.natsPrefix,
+		"SEGEDGE_ORIGIN_TOKEN=read-secret",
+		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789"}, edgeEnv...)...)
 	sys.edgeURL, sys.edgeOpsURL = "http://"+edgeAddr, "http://"+opsAddr
 	waitStatus(t, sys.edge, sys.edgeOpsURL+"/readyz", 200, 20*time.Second)
 	return sys

@@ -50,6 +50,12 @@ func (s *Set) Int(p *int, name, env string, def int, usage string) {
 	s.env[name] = env
 }
 
+// Float defines a floating-point setting.
+func (s *Set) Float(p *float64, name, env string, def float64, usage string) {
+	s.fs.Float64Var(p, name, def, usage)
+	s.env[name] = env
+}
+
 // Duration defines a duration setting ("5s", "250ms").
 func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
 	s.fs.DurationVar(p, name, def, usage)

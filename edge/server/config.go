@@ -22,6 +22,11 @@ type Config struct {
 	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT
 	CookieKey          string        // SEGEDGE_COOKIE_KEY: signs segedge_uid
 	DebugToken         string        // SEGEDGE_DEBUG_TOKEN: enables the Segedge-Debug header
+	CookieSecure       bool          // SEGEDGE_COOKIE_SECURE: mark the cookie Secure (the edge is behind TLS)
+	BeaconRate         float64       // SEGEDGE_BEACON_RATE: events per second per visitor
+	StreamHeartbeat    time.Duration // SEGEDGE_STREAM_HEARTBEAT
+	StreamMaxPerUser   int           // SEGEDGE_STREAM_MAX_PER_USER
+	StreamMax          int           // SEGEDGE_STREAM_MAX
 	UpstreamTimeout    time.Duration // SEGEDGE_UPSTREAM_TIMEOUT
 	LogFormat          string        // LOG_FORMAT
 	LogLevel           string        // LOG_LEVEL
@@ -42,6 +47,11 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 30*time.Second, "how long to wait for the first NATS connection before giving up (not ready meanwhile)")
 	s.String(&c.CookieKey, "cookie-key", "SEGEDGE_COOKIE_KEY", "", "key (at least 32 bytes) that signs the segedge_uid cookie; empty: a random key per process, so cookies do not survive a restart")
 	s.String(&c.DebugToken, "debug-token", "SEGEDGE_DEBUG_TOKEN", "", "requests with header Segedge-Debug set to this token get debug headers; empty: never")
+	s.Bool(&c.CookieSecure, "cookie-secure", "SEGEDGE_COOKIE_SECURE", false, "mark the segedge_uid cookie Secure (set it when visitors reach the edge over TLS, e.g. behind a TLS terminator)")
+	s.Float(&c.BeaconRate, "beacon-rate", "SEGEDGE_BEACON_RATE", 10, "events per second one visitor may send to the beacon (bursts of 5x)")
+	s.Duration(&c.StreamHeartbeat, "stream-heartbeat", "SEGEDGE_STREAM_HEARTBEAT", 15*time.Second, "interval of heartbeats on /user/segments/stream")
+	s.Int(&c.StreamMaxPerUser, "stream-max-per-user", "SEGEDGE_STREAM_MAX_PER_USER", 4, "open segment streams one visitor may hold")
+	s.Int(&c.StreamMax, "stream-max", "SEGEDGE_STREAM_MAX", 20000, "open segment streams in all")
 	s.Duration(&c.UpstreamTimeout, "upstream-timeout", "SEGEDGE_UPSTREAM_TIMEOUT", 30*time.Second, "read/write timeout toward the upstream")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
@@ -62,6 +72,12 @@ func (c *Config) Validate() error {
 	errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
 	if c.CookieKey != "" && len(c.CookieKey) < 32 {
 		errs = append(errs, errors.New("SEGEDGE_COOKIE_KEY must be at least 32 bytes"))
+	}
+	if c.BeaconRate <= 0 {
+		errs = append(errs, errors.New("SEGEDGE_BEACON_RATE must be positive"))
+	}
+	if c.StreamHeartbeat <= 0 || c.StreamMaxPerUser <= 0 || c.StreamMax <= 0 {
+		errs = append(errs, errors.New("SEGEDGE_STREAM_HEARTBEAT, SEGEDGE_STREAM_MAX_PER_USER and SEGEDGE_STREAM_MAX must be positive"))
 	}
 	if c.Addr == c.OpsAddr {
 		errs = append(errs, errors.New("EDGE_ADDR and EDGE_OPS_ADDR must differ: operations endpoints are never public"))

@@ -23,8 +23,12 @@ import (
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/proxy"
+	"github.com/segedge/segedge/edge/push"
 	"github.com/segedge/segedge/edge/replica"
 )
 
@@ -97,7 +101,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.OriginToken != "" {
 		fetch = newOriginClient(cfg.OriginURL, cfg.OriginToken).fetch
 	}
-	rep, err := replica.New(replica.Config{Topology: topo, MaxUsers: cfg.MaxUsers, Fetch: fetch, Registerer: reg, Log: log})
+	e := &edge{cfg: cfg, log: log}
+	rep, err := replica.New(replica.Config{Topology: topo, MaxUsers: cfg.MaxUsers, Fetch: fetch, Registerer: reg, Log: log,
+		OnChange: func(user string, old, new *replica.Entry) { e.onReplicaChange(user, old, new) }})
 	if err != nil {
 		return err
 	}
@@ -108,7 +114,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 
-	e := &edge{cfg: cfg, log: log, proxy: px, replica: rep}
+	keys := [][]byte{identity.RandomKey()}
+	if cfg.CookieKey != "" {
+		if keys, err = identity.ParseKeys(cfg.CookieKey); err != nil {
+			return fmt.Errorf("SEGEDGE_COOKIE_KEY: %w", err)
+		}
+	} else {
+		log.Warn("SEGEDGE_COOKIE_KEY is empty: using a random key; visitors' cookies will not survive a restart")
+	}
+	signer, err := identity.NewSigner(keys...)
+	if err != nil {
+		return fmt.Errorf("SEGEDGE_COOKIE_KEY: %w", err)
+	}
+	e.proxy, e.replica, e.signer = px, rep, signer
+	e.cookieOpts = identity.CookieOptions{Secure: cfg.CookieSecure}
+	e.limits = event.DefaultLimits()
+	e.limits.MaxBodyBytes = 64 << 10
+	e.limits.MaxBatch = 50
+	e.beacons = newBeaconLimiter(cfg.BeaconRate, int(cfg.BeaconRate*5))
+	e.push = push.NewHub(cfg.StreamMaxPerUser, cfg.StreamMax, reg)
+	e.done = make(chan struct{})
 	srv := &fasthttp.Server{
 		Handler:                       e.handle,
 		Name:                          "segedge",
@@ -148,6 +173,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			errc <- fmt.Errorf("jetstream: %w", err)
 			return
 		}
+		e.ingest.Store(ingest.NewPublisher(js, topo, "edge", reg))
 		if err := rep.Run(ctx, js); err != nil {
 			errc <- err
 		}
@@ -159,6 +185,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "grace", cfg.ShutdownTimeout)
+	close(e.done) // ends open segment streams, so Shutdown does not wait for them
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.ShutdownWithContext(sctx); err != nil && runErr == nil {
@@ -183,15 +210,79 @@ func wrap(what string, err error) error {
 
 // edge holds what the request handlers need.
 type edge struct {
-	cfg     Config
-	log     *slog.Logger
-	proxy   *proxy.Proxy
-	replica *replica.Replica
+	cfg        Config
+	log        *slog.Logger
+	proxy      *proxy.Proxy
+	replica    *replica.Replica
+	signer     *identity.Signer
+	cookieOpts identity.CookieOptions
+	limits     event.Limits
+	beacons    *beaconLimiter
+	push       *push.Hub
+	ingest     atomic.Pointer[ingest.Publisher]
+	ruleset    atomic.Uint64
+	done       chan struct{}
 }
+
+func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
 
 // handle is the public side: our own endpoints first, everything else to the upstream.
 func (e *edge) handle(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	switch {
+	case len(path) > 5 && string(path[:6]) == "/user/":
+		e.userRoute(ctx, path)
+	case string(path) == "/v1/events":
+		if !ctx.IsPost() {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		if e.ingest.Load() == nil {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.Response.Header.Set("Retry-After", "1")
+			writeJSONBody(ctx, map[string]string{"error": "not connected to NATS yet; retry"})
+			return
+		}
+		e.postEvents(ctx)
+	case string(path) == "/segedge.js":
+		e.serveClient(ctx)
+	default:
+		e.serveSite(ctx)
+	}
+}
+
+// serveSite proxies (and later personalizes) the site. A visitor without a valid cookie gets one
+// with the first HTML page, not with every image or script.
+func (e *edge) serveSite(ctx *fasthttp.RequestCtx) {
+	_, known := e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName))
 	e.proxy.Handle(ctx)
+	if !known && isHTML(ctx.Response.Header.ContentType()) {
+		e.identify(ctx)
+	}
+}
+
+func isHTML(ct []byte) bool {
+	return len(ct) >= 9 && (string(ct[:9]) == "text/html" || string(ct[:9]) == "TEXT/HTML")
+}
+
+func (e *edge) userRoute(ctx *fasthttp.RequestCtx, path []byte) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		methodNotAllowed(ctx, "GET")
+		return
+	}
+	switch string(path) {
+	case "/user/segments":
+		e.getSegments(ctx)
+	case "/user/segments/stream":
+		e.streamSegments(ctx)
+	default:
+		e.proxy.Handle(ctx) // the site's own /user/... pages
+	}
+}
+
+func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
+	ctx.Response.Header.Set("Allow", allow)
+	ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
 }
 
 // fasthttpLogger sends fasthttp's own messages (malformed requests and the like) to slog.

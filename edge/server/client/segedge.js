@@ -1,0 +1,1 @@
+// segedge browser client: see README
