@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 type options struct {
@@ -45,6 +46,7 @@ type options struct {
 	users, batch, conc   int
 	natsURL, natsPrefix  string
 	metrics, jsonSummary bool
+	cleanup              bool
 }
 
 func main() {
@@ -62,11 +64,19 @@ func main() {
 	fs.BoolVar(&o.metrics, "metrics", true, "scrape the origin's /metrics before and after for its latency histograms")
 	fs.DurationVar(&o.drain, "drain", 30*time.Second, "after sending, wait up to this long for the origin to apply every accepted event")
 	fs.BoolVar(&o.jsonSummary, "json", false, "print one JSON summary line at the end (for scripts)")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "send nothing: delete the JetStream streams under -nats-prefix (after a benchmark) and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
 		os.Exit(2)
+	}
+	if o.cleanup {
+		if err := cleanup(o.natsURL, o.natsPrefix); err != nil {
+			fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := o.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
@@ -353,6 +363,7 @@ func (st *stats) fail(events int64, msg string) {
 	st.rejected.Add(events)
 	st.mu.Lock()
 	if st.firstErr == "" {
+		msg = strings.Join(strings.Fields(msg), " ")
 		if len(msg) > 200 {
 			msg = msg[:200] + "…"
 		}
@@ -380,4 +391,41 @@ func scrape(ctx context.Context, c *http.Client, origin string) (metrics, error)
 		return nil, fmt.Errorf("scrape %s/metrics: %w", origin, err)
 	}
 	return m, nil
+}
+
+// cleanup deletes the streams (and key-value buckets, which are streams too) whose names start
+// with the prefix, as the origin names them: a benchmark leaves nothing behind on a shared NATS.
+func cleanup(url, prefix string) error {
+	if url == "" || prefix == "" {
+		return errors.New("-cleanup needs -nats-url and a non-empty -nats-prefix")
+	}
+	nc, err := nats.Connect(url, nats.Name("segedge-loadgen"))
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up := strings.ToUpper(prefix)
+	var names []string
+	lister := js.StreamNames(ctx)
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, up) || strings.HasPrefix(name, "KV_"+up) {
+			names = append(names, name)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return fmt.Errorf("list streams: %w", err)
+	}
+	for _, name := range names {
+		if err := js.DeleteStream(ctx, name); err != nil {
+			return fmt.Errorf("delete stream %s: %w", name, err)
+		}
+	}
+	fmt.Printf("deleted %d streams under prefix %q\n", len(names), prefix)
+	return nil
 }

@@ -149,3 +149,22 @@ func TestBatchIsValidJSONWithTheMix(t *testing.T) {
 		}
 	}
 }
+
+func TestNoUserDominatesTheLoad(t *testing.T) {
+	g := newGenerator("lgtest", 10000, 7)
+	counts := map[uint64]int{}
+	const n = 200000
+	for range n {
+		counts[g.zipf.Uint64()]++
+	}
+	top := 0
+	for _, c := range counts {
+		top = max(top, c)
+	}
+	if share := float64(top) / n; share > 0.01 {
+		t.Errorf("the most active user sends %.1f%% of the events, want under 1%%", 100*share)
+	}
+	if len(counts) < 5000 {
+		t.Errorf("only %d of 10000 users active in %d events", len(counts), n)
+	}
+}
