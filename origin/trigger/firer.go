@@ -88,8 +88,27 @@ type FirerConfig struct {
 // Firer turns deltas into firings on TRIGGERS. It implements the engine's TriggerSink.
 type Firer struct {
 	cfg      FirerConfig
-	triggers atomic.Pointer[[]Trigger]
+	triggers atomic.Pointer[set]
 	fired    *prometheus.CounterVec
+}
+
+// set is an immutable trigger set, indexed by segment so Fire costs nothing per trigger that
+// does not watch the segments a delta touched.
+type set struct {
+	list        []Trigger
+	enter, exit map[string][]Trigger
+}
+
+func newSet(ts []Trigger) *set {
+	s := &set{list: slices.Clone(ts), enter: map[string][]Trigger{}, exit: map[string][]Trigger{}}
+	for _, t := range s.list {
+		if t.On == Enter {
+			s.enter[t.Segment] = append(s.enter[t.Segment], t)
+		} else {
+			s.exit[t.Segment] = append(s.exit[t.Segment], t)
+		}
+	}
+	return s
 }
 
 // NewFirer checks cfg, registers the metric and creates the streams. It starts with no
@@ -116,8 +135,7 @@ func NewFirer(ctx context.Context, cfg FirerConfig) (*Firer, error) {
 			return nil, fmt.Errorf("trigger firer: register metrics: %w", err)
 		}
 	}
-	empty := []Trigger{}
-	f.triggers.Store(&empty)
+	f.triggers.Store(newSet(nil))
 	if err := EnsureStreams(ctx, cfg.JS, cfg.Topology, StreamOptions{}); err != nil {
 		return nil, fmt.Errorf("trigger firer: %w", err)
 	}
@@ -130,13 +148,12 @@ func (f *Firer) SetTriggers(ts []Trigger) error {
 	if err := ValidateTriggers(ts, f.cfg.AllowHosts); err != nil {
 		return err
 	}
-	ts = slices.Clone(ts)
-	f.triggers.Store(&ts)
+	f.triggers.Store(newSet(ts))
 	return nil
 }
 
 // Triggers returns the current set.
-func (f *Firer) Triggers() []Trigger { return slices.Clone(*f.triggers.Load()) }
+func (f *Firer) Triggers() []Trigger { return slices.Clone(f.triggers.Load().list) }
 
 // Fire publishes a firing for every trigger whose segment d entered (Enter) or exited (Exit) and
 // waits for JetStream to store them all. Erasure deltas fire nothing. Fire returns an error if
@@ -146,32 +163,33 @@ func (f *Firer) Fire(ctx context.Context, d *delta.Delta) error {
 	if d == nil || d.Erased || (len(d.Entered) == 0 && len(d.Exited) == 0) {
 		return nil
 	}
-	ts := *f.triggers.Load()
+	s := f.triggers.Load()
 	type pending struct {
 		name string
 		fut  jetstream.PubAckFuture
 	}
 	var futs []pending
-	for _, t := range ts {
-		var hit bool
-		switch t.On {
-		case Enter:
-			hit = slices.Contains(d.Entered, t.Segment)
-		case Exit:
-			hit = slices.Contains(d.Exited, t.Segment)
+	publish := func(segs []string, index map[string][]Trigger) error {
+		for _, seg := range segs {
+			for _, t := range index[seg] {
+				msg, err := f.message(t, d)
+				if err != nil {
+					return fmt.Errorf("fire trigger %q: %w", t.Name, err)
+				}
+				fut, err := f.cfg.JS.PublishMsgAsync(msg)
+				if err != nil {
+					return fmt.Errorf("fire trigger %q: publish: %w", t.Name, err)
+				}
+				futs = append(futs, pending{t.Name, fut})
+			}
 		}
-		if !hit {
-			continue
-		}
-		msg, err := f.message(t, d)
-		if err != nil {
-			return fmt.Errorf("fire trigger %q: %w", t.Name, err)
-		}
-		fut, err := f.cfg.JS.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("fire trigger %q: publish: %w", t.Name, err)
-		}
-		futs = append(futs, pending{t.Name, fut})
+		return nil
+	}
+	if err := publish(d.Entered, s.enter); err != nil {
+		return err
+	}
+	if err := publish(d.Exited, s.exit); err != nil {
+		return err
 	}
 	if len(futs) == 0 {
 		return nil

@@ -92,7 +92,7 @@ func TestFireEnterAndExit(t *testing.T) {
 		}
 	}
 	got := firings(t, n)
-	if want := "vip_in/u1/1 vip_out/u1/3 vip_in/u2/1 cart/u2/1"; ids(got) != want {
+	if want := "vip_in/u1/1 vip_out/u1/3 cart/u2/1 vip_in/u2/1"; ids(got) != want {
 		t.Fatalf("firings = %q, want %q", ids(got), want)
 	}
 	in, out := got[0], got[1]
@@ -234,5 +234,32 @@ func TestDecodeEventRejectsIncomplete(t *testing.T) {
 	ok, _ := json.Marshal(Event{SpecVersion: "1.0", ID: "t/u/1", Type: TypeExit, Data: EventData{Trigger: "t"}})
 	if _, err := DecodeEvent(ok); err != nil {
 		t.Errorf("DecodeEvent(%s): %v", ok, err)
+	}
+}
+
+// SetTriggers swaps the set while Fire runs; under -race this guards the atomic swap, and every
+// firing must come from one whole set: the trigger named for the version's set.
+func TestSetTriggersWhileFiring(t *testing.T) {
+	n := testenv.StartNATS(t)
+	f := newFirer(t, n, nil, Trigger{Name: "a", On: Enter, Segment: "s", Webhook: hook})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			name := []string{"a", "b"}[i%2]
+			if err := f.SetTriggers([]Trigger{{Name: name, On: Enter, Segment: "s", Webhook: hook}}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for v := uint64(1); v <= 50; v++ {
+		if err := f.Fire(context.Background(), &delta.Delta{UserID: "u", Version: v, Entered: []string{"s"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if got := firings(t, n); len(got) != 50 {
+		t.Fatalf("%d firings for 50 deltas with one trigger at a time", len(got))
 	}
 }
