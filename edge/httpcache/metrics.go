@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 		}, []string{"result"}),
 		purges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "segedge_edge_cache_purges_total",
-			Help: "Purge operations, by kind (url, prefix, tag, dependency).",
+			Help: "Purge operations, by kind (url, prefix, tag, dependency, unsafe_method).",
 		}, []string{"kind"}),
 	}
 	if reg == nil {

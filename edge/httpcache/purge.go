@@ -119,3 +119,25 @@ func (c *Cache) invalidate(keys, uris []string) int {
 	}
 	return n
 }
+
+// Delete removes e if it is still the stored entry for its key: the upstream answered a
+// revalidation with a response that may not be stored, so the old one must not be served again.
+func (c *Cache) Delete(e *Entry) {
+	if e == nil || e.key == "" {
+		return
+	}
+	if cur, ok := c.store.GetIfPresent(e.key); ok && cur == e {
+		c.store.Invalidate(e.key)
+	}
+}
+
+// InvalidateURI removes what is stored for uri on host (all variants, and dependent pages) after
+// a successful unsafe request (POST, PUT, DELETE…) to it, as RFC 9111 §4.4 asks.
+func (c *Cache) InvalidateURI(host, uri string) int {
+	c.m.purges.WithLabelValues("unsafe_method").Inc()
+	prefix := strings.ToLower(host)
+	c.mu.Lock()
+	keys := c.keysOf(c.byURI[uri], prefix)
+	c.mu.Unlock()
+	return c.invalidate(keys, []string{uri})
+}

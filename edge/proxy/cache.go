@@ -160,6 +160,7 @@ func (p *Proxy) fetch(up *upstream, req *fasthttp.Request, host, uri string, sta
 	e := httpcache.NewEntry(status, responseFields(resp), reqTime, respTime)
 	if ok, why := httpcache.Storable(&req.Header, e); !ok || resp.Header.ContentLength() > p.cfg.MaxCacheableBodySize {
 		p.log.Debug("not stored", "why", why, "status", status)
+		c.Delete(stale)
 		return fetched{resp: resp}
 	}
 	body, complete, err := readBounded(resp, p.cfg.MaxCacheableBodySize)
@@ -197,6 +198,10 @@ func readBounded(resp *fasthttp.Response, limit int) (body []byte, complete bool
 	}
 	if n > int64(limit) {
 		return buf.Bytes(), false, nil
+	}
+	if b := buf.Bytes(); cap(b) > len(b)+len(b)/8 {
+		// The entry's weight counts len, so do not keep a doubled buffer's slack alive.
+		return append([]byte(nil), b...), true, nil
 	}
 	return buf.Bytes(), true, nil
 }

@@ -694,3 +694,34 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func collectorFunc(f func() float64) prometheus.Collector {
 	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "probe", Help: "test probe"}, f)
 }
+
+func TestUnsafeMethodInvalidatesTheURI(t *testing.T) {
+	runSteps(t, reply(200, "v1", "Cache-Control", "max-age=60"), []step{
+		{want: "MISS", hits: 1},
+		{want: "HIT", hits: 1},
+		{method: "POST", want: "", hits: 2},
+		{want: "MISS", hits: 3},
+	})
+}
+
+func TestRevalidationAnsweredWithAnUnstorableResponseDropsTheEntry(t *testing.T) {
+	runSteps(t, reply(200, "v1", "Cache-Control", "max-age=10"), []step{
+		{want: "MISS", hits: 1},
+		{advance: 11 * time.Second, reply: reply(200, "v2", "Cache-Control", "private"), want: "PASS", wantBody: "v2", hits: 2},
+		{reply: reply(200, "v3", "Cache-Control", "max-age=10"), want: "MISS", wantBody: "v3", hits: 3},
+	})
+}
+
+func TestCachedRequestsKeepTheQueryExactly(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, fixed(clk, 200, "q", "Cache-Control", "max-age=60"))
+	cp := newCachingProxy(t, o, clk, Config{})
+	uri := "/s?q=a+b&q=%2Fc&empty=&flag&z=%E2%9C%93"
+	cp.get(t, uri)
+	if got := o.lastRequest().RequestURI; got != uri {
+		t.Errorf("upstream got %q, want %q", got, uri)
+	}
+	if a := cp.get(t, "/s?q=a+b&q=%2Fc&empty=&flag&z=%e2%9c%93"); a.cache != "MISS" {
+		t.Errorf("a differently spelled query is a different key, got %s", a.cache)
+	}
+}

@@ -85,8 +85,14 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		p.handleCached(ctx, up)
 		return
 	}
+	host := string(ctx.Request.Header.Host())
 	p.prepareRequest(ctx, up)
 	p.pass(ctx, up)
+	if c := p.cfg.Cache; c != nil && !ctx.IsOptions() && !ctx.IsTrace() {
+		if code := ctx.Response.StatusCode(); code >= 200 && code < 400 {
+			c.InvalidateURI(host, string(ctx.Request.Header.RequestURI()))
+		}
+	}
 }
 
 // pass forwards the prepared request and relays the response without the cache.
