@@ -1,0 +1,773 @@
+package rules
+
+import (
+	"fmt"
+
+	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
+
+	. "github.com/segedge/segedge/core/rules/internal/wasmenc"
+)
+
+// fnBuilder is the function being generated: its code and locals, with temporaries recycled.
+type fnBuilder struct {
+	Code
+	nparams uint32
+	locals  []ValType
+	free    map[ValType][]uint32
+}
+
+func (f *fnBuilder) local(t ValType) uint32 {
+	if l := f.free[t]; len(l) > 0 {
+		f.free[t] = l[:len(l)-1]
+		return l[len(l)-1]
+	}
+	f.locals = append(f.locals, t)
+	return f.nparams + uint32(len(f.locals)) - 1
+}
+
+func (f *fnBuilder) release(t ValType, idx ...uint32) { f.free[t] = append(f.free[t], idx...) }
+
+// errScope starts a new error flag: an i32 local set to 0.
+func (c *compiler) errScope() uint32 {
+	l := c.f.local(I32)
+	c.f.I32(0).Set(l)
+	return l
+}
+
+// setErr sets the error flag when the i32 on the stack is non-zero.
+func (c *compiler) setErr(errL uint32) { c.f.Get(errL).Op(OpI32Or).Set(errL) }
+
+const (
+	slotsOff  = 16 // value slots start 16 bytes into the input
+	constBase = 16 // the input buffer starts here; constants follow it
+)
+
+// generate writes the module.
+func (c *compiler) generate(order []int) ([]byte, error) {
+	n := len(c.m.Inputs)
+	c.ib = constBase
+	c.m.InputCap = slotsOff + 16*n + StringCap
+	c.cb = align8(c.ib + uint32(c.m.InputCap))
+	c.addHelpers()
+	m := &c.mod
+	evalIdx := m.Reserve(m.Type([]ValType{I32}, []ValType{I32}))
+	c.f = &fnBuilder{nparams: 1, free: map[ValType][]uint32{}}
+	f := c.f
+	// Input checks: length, version, slot count, and every string inside the input.
+	f.Get(0).I32(int32(slotsOff + 16*n)).Op(OpI32LtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	f.I32(0).Mem(OpI32Load, c.ib).I32(ABIVersion).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	f.I32(0).Mem(OpI32Load, c.ib+4).I32(int32(n)).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	for i, in := range c.m.Inputs {
+		if !c.strCap[i] || in.Interned {
+			continue
+		}
+		a := c.slotAddr(i)
+		f.I32(0).Mem(OpI32Load8U, a).I32(kindString).Op(OpI32Eq).If(BlockEmpty)
+		f.I32(0).Mem(OpI32Load, a+8).Op(OpI64ExtendI32U).I32(0).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U).Op(OpI64Add)
+		f.Get(0).Op(OpI64ExtendI32U).Op(OpI64GtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
+		f.End()
+	}
+	for _, s := range c.segs {
+		s.local = f.local(I32)
+	}
+	for _, i := range order {
+		c.cur = c.segs[i]
+		if err := c.boolExpr(c.cur.ast.Expr()); err != nil {
+			return nil, fmt.Errorf("%s: %w", c.file.where(c.cur.def.RulePos), err)
+		}
+		f.Set(c.cur.local)
+	}
+	// Output: membership and error bitsets, then the slots' variant choices.
+	c.m.ABIVersion = ABIVersion
+	w := uint32(c.m.words())
+	ob := align8(c.cb + uint32(len(c.consts)))
+	for word := range w {
+		for set, state := range []int32{1, 2} {
+			f.I32(0).I64(0)
+			for b := uint32(0); b < 64 && word*64+b < uint32(len(c.segs)); b++ {
+				f.Get(c.segs[word*64+b].local).I32(state).Op(OpI32Eq, OpI64ExtendI32U).I64(int64(b)).Op(OpI64Shl, OpI64Or)
+			}
+			f.Mem(OpI64Store, ob+8*(uint32(set)*w+word))
+		}
+	}
+	acc := f.local(I32)
+	for s, slot := range c.m.Slots {
+		f.I32(-1).Set(acc)
+		for v := len(slot.Variants) - 1; v >= 0; v-- {
+			f.I32(int32(v)).Get(acc).Get(c.segs[slot.Variants[v].Segment].local).I32(1).Op(OpI32Eq, OpSelect).Set(acc)
+		}
+		f.I32(0).Get(acc).Mem(OpI32Store, ob+16*w+4*uint32(s))
+	}
+	f.I32(0)
+	m.SetFunc(evalIdx, f.locals, f.B)
+
+	konst := func(v int32) uint32 {
+		idx := m.Reserve(m.Type(nil, []ValType{I32}))
+		var k Code
+		k.I32(v)
+		m.SetFunc(idx, nil, k.B)
+		return idx
+	}
+	end := ob + uint32(c.m.OutputLen())
+	m.Memory((end + 65535) / 65536)
+	m.ExportMemory("memory")
+	m.ExportFunc("segedge_abi_version", konst(ABIVersion))
+	m.ExportFunc("segedge_input_ptr", konst(int32(c.ib)))
+	m.ExportFunc("segedge_input_cap", konst(int32(c.m.InputCap)))
+	m.ExportFunc("segedge_output_ptr", konst(int32(ob)))
+	m.ExportFunc("segedge_eval", evalIdx)
+	if len(c.consts) > 0 {
+		m.Data(c.cb, c.consts)
+	}
+	return m.Encode(), nil
+}
+
+func align8(v uint32) uint32 { return (v + 7) &^ 7 }
+
+func (c *compiler) slotAddr(i int) uint32 { return c.ib + slotsOff + 16*uint32(i) }
+
+// constant returns the address of a constant string's bytes.
+func (c *compiler) constant(s string) uint32 {
+	if off, ok := c.constOff[s]; ok {
+		return c.cb + off
+	}
+	off := uint32(len(c.consts))
+	c.consts = append(c.consts, s...)
+	c.constOff[s] = off
+	return c.cb + off
+}
+
+// typeOf maps the checker's type of e to a typ, or 0 if unsupported.
+func (c *compiler) typeOf(e ast.Expr) typ {
+	t := c.cur.ast.GetType(e.ID())
+	if t == nil {
+		return 0
+	}
+	switch t.Kind() {
+	case types.BoolKind:
+		return tBool
+	case types.IntKind:
+		return tInt
+	case types.DoubleKind:
+		return tDouble
+	case types.StringKind:
+		return tString
+	case types.DynKind, types.AnyKind, types.TypeParamKind:
+		return tDyn
+	}
+	return 0
+}
+
+// boolExpr pushes e as a tristate i32: 0 false, 1 true, 2 error.
+func (c *compiler) boolExpr(e ast.Expr) error {
+	f := c.f
+	switch e.Kind() {
+	case ast.LiteralKind:
+		if b, ok := e.AsLiteral().(types.Bool); ok {
+			f.I32(map[bool]int32{false: 0, true: 1}[bool(b)])
+			return nil
+		}
+	case ast.CallKind:
+		if r, ok, err := c.vocab(e); err != nil {
+			return err
+		} else if ok && r.t == tBool {
+			if r.seg >= 0 {
+				f.Get(c.segs[r.seg].local)
+				return nil
+			}
+			// hasTrait / request.hasX: presence, never an error.
+			f.I32(0).Mem(OpI32Load8U, c.slotAddr(r.slot)).I32(kindAbsent).Op(OpI32Ne)
+			return nil
+		}
+		call := e.AsCall()
+		args := call.Args()
+		switch call.FunctionName() {
+		case operators.LogicalAnd, operators.LogicalOr:
+			return c.logic(call.FunctionName() == operators.LogicalAnd, args)
+		case operators.LogicalNot:
+			t := f.local(I32)
+			f.I32(2)
+			if err := c.boolExpr(args[0]); err != nil {
+				return err
+			}
+			f.Tee(t).I32(1).Op(OpI32Xor).Get(t).I32(2).Op(OpI32Eq, OpSelect)
+			f.release(I32, t)
+			return nil
+		case operators.Conditional:
+			if c.typeOf(e) == tBool {
+				t := f.local(I32)
+				if err := c.boolExpr(args[0]); err != nil {
+					return err
+				}
+				f.Tee(t).I32(2).Op(OpI32Eq).If(BlockVal(I32)).I32(2).Else().Get(t).If(BlockVal(I32))
+				f.release(I32, t)
+				if err := c.boolExpr(args[1]); err != nil {
+					return err
+				}
+				f.Else()
+				if err := c.boolExpr(args[2]); err != nil {
+					return err
+				}
+				f.End().End()
+				return nil
+			}
+		case operators.Equals, operators.NotEquals, operators.Less, operators.LessEquals,
+			operators.Greater, operators.GreaterEquals:
+			errL := c.errScope()
+			f.I32(2)
+			if err := c.compare(call.FunctionName(), args[0], args[1], errL); err != nil {
+				return err
+			}
+			f.Get(errL).Op(OpSelect)
+			f.release(I32, errL)
+			return nil
+		case operators.In:
+			errL := c.errScope()
+			f.I32(2)
+			if err := c.in(args[0], args[1], errL); err != nil {
+				return err
+			}
+			f.Get(errL).Op(OpSelect)
+			f.release(I32, errL)
+			return nil
+		case "startsWith", "endsWith", "contains":
+			if !call.IsMemberFunction() || len(args) != 1 {
+				break
+			}
+			errL := c.errScope()
+			f.I32(2)
+			if err := c.valAs(call.Target(), tString, errL); err != nil {
+				return err
+			}
+			if err := c.valAs(args[0], tString, errL); err != nil {
+				return err
+			}
+			f.Call(map[string]uint32{"startsWith": c.h.strStarts, "endsWith": c.h.strEnds, "contains": c.h.strContains}[call.FunctionName()])
+			f.Get(errL).Op(OpSelect)
+			f.release(I32, errL)
+			return nil
+		}
+	}
+	// Anything else of type bool or dyn: compute the value, then check it is a bool.
+	errL := c.errScope()
+	f.I32(2)
+	if err := c.valAs(e, tBool, errL); err != nil {
+		return err
+	}
+	f.Get(errL).Op(OpSelect)
+	f.release(I32, errL)
+	return nil
+}
+
+// logic pushes the tristate of a && b (and) or a || b, with CEL's commutative error
+// absorption: false && error = false, true || error = true.
+func (c *compiler) logic(and bool, args []ast.Expr) error {
+	f := c.f
+	if err := c.boolExpr(args[0]); err != nil {
+		return err
+	}
+	for _, b := range args[1:] {
+		ta, tb := f.local(I32), f.local(I32)
+		f.Set(ta)
+		if err := c.boolExpr(b); err != nil {
+			return err
+		}
+		f.Set(tb)
+		decisive := int32(0)
+		if !and {
+			decisive = 1
+		}
+		// decisive if either operand is; otherwise the larger (error 2 over the other value).
+		f.I32(decisive).Get(ta).Get(tb).Get(ta).Get(tb).Op(OpI32GtU, OpSelect)
+		f.Get(ta).I32(decisive).Op(OpI32Eq).Get(tb).I32(decisive).Op(OpI32Eq, OpI32Or, OpSelect)
+		f.release(I32, ta, tb)
+	}
+	return nil
+}
+
+// valAs pushes the value of e converted to type t, setting errL on an error.
+func (c *compiler) valAs(e ast.Expr, t typ, errL uint32) error {
+	from, err := c.val(e, errL)
+	if err != nil {
+		return err
+	}
+	return c.convert(e, from, t, errL)
+}
+
+// val pushes the value of e in its static type and returns that type.
+func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
+	f := c.f
+	switch e.Kind() {
+	case ast.LiteralKind:
+		switch v := e.AsLiteral().(type) {
+		case types.Bool:
+			f.I32(map[bool]int32{false: 0, true: 1}[bool(v)])
+			return tBool, nil
+		case types.Int:
+			f.I64(int64(v))
+			return tInt, nil
+		case types.Double:
+			f.F64(float64(v))
+			return tDouble, nil
+		case types.String:
+			f.I32(int32(c.constant(string(v)))).I32(int32(len(v)))
+			return tString, nil
+		}
+		return 0, c.errorAt(e, "%s literals are not supported; use bool, int, double or string", e.AsLiteral().Type().(interface{ TypeName() string }).TypeName())
+	case ast.IdentKind:
+		r, _, err := c.vocab(e)
+		if err != nil {
+			return 0, err
+		}
+		c.readSlot(r.slot, r.t, errL)
+		return r.t, nil
+	case ast.CallKind:
+	default:
+		return 0, c.errorAt(e, "%s is not supported in rules", kindName(e))
+	}
+	r, ok, err := c.vocab(e)
+	if err != nil {
+		return 0, err
+	}
+	if ok && !r.has && r.seg < 0 {
+		c.readSlot(r.slot, r.t, errL)
+		return r.t, nil
+	}
+	call := e.AsCall()
+	args := call.Args()
+	rt := c.typeOf(e)
+	switch fn := call.FunctionName(); fn {
+	case operators.Add, operators.Subtract, operators.Multiply, operators.Divide, operators.Modulo:
+		if rt != tInt && rt != tDouble {
+			what := "operands of type " + rt.String()
+			if rt == tString {
+				what = "strings (concatenation)"
+			} else if rt == tDyn {
+				what = "two trait() values; give one side a type, e.g. trait(\"a\") + 0"
+			}
+			return 0, c.errorAt(e, "arithmetic on %s is not supported", what)
+		}
+		if err := c.valAs(args[0], rt, errL); err != nil {
+			return 0, err
+		}
+		if err := c.valAs(args[1], rt, errL); err != nil {
+			return 0, err
+		}
+		if rt == tDouble {
+			if fn == operators.Modulo {
+				return 0, c.errorAt(e, "%% on doubles is not supported")
+			}
+			f.Op(map[string]byte{operators.Add: OpF64Add, operators.Subtract: OpF64Sub, operators.Multiply: OpF64Mul, operators.Divide: OpF64Div}[fn])
+			return tDouble, nil
+		}
+		f.Call(map[string]uint32{operators.Add: c.h.add, operators.Subtract: c.h.sub, operators.Multiply: c.h.mul, operators.Divide: c.h.div, operators.Modulo: c.h.mod}[fn])
+		c.setErr(errL)
+		return tInt, nil
+	case operators.Negate:
+		if rt != tInt && rt != tDouble {
+			return 0, c.errorAt(e, "negation of a %s is not supported", rt)
+		}
+		if err := c.valAs(args[0], rt, errL); err != nil {
+			return 0, err
+		}
+		if rt == tDouble {
+			f.Op(OpF64Neg)
+		} else {
+			f.Call(c.h.neg)
+			c.setErr(errL)
+		}
+		return rt, nil
+	case "size":
+		arg := args[0]
+		if call.IsMemberFunction() {
+			arg = call.Target()
+		}
+		if c.typeOf(arg) != tString && c.typeOf(arg) != tDyn {
+			return 0, c.errorAt(e, "size() is supported on strings only")
+		}
+		if err := c.valAs(arg, tString, errL); err != nil {
+			return 0, err
+		}
+		f.Call(c.h.strSize).Op(OpI64ExtendI32U)
+		return tInt, nil
+	case operators.Conditional:
+		if rt == tBool {
+			break
+		}
+		if rt == 0 {
+			return 0, c.errorAt(e, "a conditional of type %s is not supported", c.cur.ast.GetType(e.ID()))
+		}
+		t := f.local(I32)
+		bt := c.blockType(rt)
+		if err := c.boolExpr(args[0]); err != nil {
+			return 0, err
+		}
+		f.Tee(t).I32(2).Op(OpI32Eq).If(bt)
+		f.I32(1).Set(errL)
+		c.zero(rt)
+		f.Else().Get(t).If(bt)
+		f.release(I32, t)
+		if err := c.valAs(args[1], rt, errL); err != nil {
+			return 0, err
+		}
+		f.Else()
+		if err := c.valAs(args[2], rt, errL); err != nil {
+			return 0, err
+		}
+		f.End().End()
+		return rt, nil
+	}
+	if rt == tBool {
+		switch call.FunctionName() {
+		case operators.LogicalAnd, operators.LogicalOr, operators.LogicalNot, operators.Conditional,
+			operators.Equals, operators.NotEquals, operators.Less, operators.LessEquals,
+			operators.Greater, operators.GreaterEquals, operators.In, "startsWith", "endsWith", "contains",
+			fnSegment, fnHasTrait, fnHasQuery, fnHasHeader, fnHasCookie:
+			// A bool in a value position: an error becomes the scope's error.
+			t := f.local(I32)
+			if err := c.boolExpr(e); err != nil {
+				return 0, err
+			}
+			f.Tee(t).I32(2).Op(OpI32Eq)
+			c.setErr(errL)
+			f.Get(t).I32(1).Op(OpI32And)
+			f.release(I32, t)
+			return tBool, nil
+		}
+	}
+	return 0, c.errorAt(e, "function %s is not supported in rules", call.FunctionName())
+}
+
+// blockType is the block type of a block yielding a value of type t.
+func (c *compiler) blockType(t typ) int64 {
+	switch t {
+	case tInt:
+		return BlockVal(I64)
+	case tDouble:
+		return BlockVal(F64)
+	case tBool:
+		return BlockVal(I32)
+	case tString:
+		return BlockFunc(c.mod.Type(nil, []ValType{I32, I32}))
+	}
+	return BlockFunc(c.mod.Type(nil, []ValType{I32, I64}))
+}
+
+// zero pushes a placeholder value of type t (used where an error has been recorded).
+func (c *compiler) zero(t typ) {
+	switch t {
+	case tInt:
+		c.f.I64(0)
+	case tDouble:
+		c.f.F64(0)
+	case tBool:
+		c.f.I32(0)
+	case tString:
+		c.f.I32(0).I32(0)
+	default:
+		c.f.I32(kindAbsent).I64(0)
+	}
+}
+
+// readSlot pushes input slot i as type t. A slot of another kind (absent, mostly) sets errL
+// and yields a harmless placeholder: strings read as empty, so no loop can run out of bounds.
+func (c *compiler) readSlot(i int, t typ, errL uint32) {
+	f := c.f
+	a := c.slotAddr(i)
+	kind := func() { f.I32(0).Mem(OpI32Load8U, a) }
+	switch t {
+	case tInt, tDouble:
+		want := int32(kindInt)
+		if t == tDouble {
+			want = kindDouble
+		}
+		kind()
+		f.I32(want).Op(OpI32Ne)
+		c.setErr(errL)
+		if t == tInt {
+			f.I32(0).Mem(OpI64Load, a+8)
+		} else {
+			f.I32(0).Mem(OpF64Load, a+8)
+		}
+	case tString:
+		ok := f.local(I32)
+		kind()
+		f.I32(kindString).Op(OpI32Eq).Tee(ok).Op(OpI32Eqz)
+		c.setErr(errL)
+		f.I32(0).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add).I32(0).Get(ok).Op(OpSelect)
+		f.I32(0).Mem(OpI32Load, a+4).I32(0).Get(ok).Op(OpSelect)
+		f.release(I32, ok)
+	case tDyn:
+		k := f.local(I32)
+		kind()
+		f.Tee(k).I32(kindAbsent).Op(OpI32Eq).Get(k).I32(kindString).Op(OpI32GtU, OpI32Or)
+		c.setErr(errL)
+		f.Get(k)
+		f.Get(k).I32(kindString).Op(OpI32Eq).If(BlockVal(I64))
+		f.I32(0).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add, OpI64ExtendI32U).I64(32).Op(OpI64Shl)
+		f.I32(0).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U, OpI64Or)
+		f.Else().I32(0).Mem(OpI64Load, a+8).End()
+		f.release(I32, k)
+	}
+}
+
+// convert converts the value on the stack from one type to another. Only conversions CEL
+// itself makes are possible: to dyn, and from dyn to a concrete type (a runtime check; a
+// value of another kind is an error, as CEL's "no such overload").
+func (c *compiler) convert(e ast.Expr, from, to typ, errL uint32) error {
+	f := c.f
+	if from == to {
+		return nil
+	}
+	switch {
+	case to == tDyn:
+		switch from {
+		case tInt:
+			t := f.local(I64)
+			f.Set(t).I32(kindInt).Get(t)
+			f.release(I64, t)
+		case tDouble:
+			t := f.local(F64)
+			f.Set(t).I32(kindDouble).Get(t).Op(OpI64ReinterpretF64)
+			f.release(F64, t)
+		case tBool:
+			t := f.local(I32)
+			f.Set(t).I32(kindBool).Get(t).Op(OpI64ExtendI32U)
+			f.release(I32, t)
+		case tString:
+			p, l := f.local(I32), f.local(I32)
+			f.Set(l).Set(p).I32(kindString).Get(p).Op(OpI64ExtendI32U).I64(32).Op(OpI64Shl).Get(l).Op(OpI64ExtendI32U, OpI64Or)
+			f.release(I32, p, l)
+		default:
+			return c.errorAt(e, "cannot use a %s here", from)
+		}
+		return nil
+	case from == tDyn:
+		k, p := f.local(I32), f.local(I64)
+		f.Set(p).Set(k)
+		want := map[typ]int32{tBool: kindBool, tInt: kindInt, tDouble: kindDouble, tString: kindString}[to]
+		f.Get(k).I32(want).Op(OpI32Ne)
+		c.setErr(errL)
+		switch to {
+		case tInt:
+			f.Get(p)
+		case tDouble:
+			f.Get(p).Op(OpF64ReinterpretI64)
+		case tBool:
+			f.Get(p).Op(OpI32WrapI64)
+		case tString:
+			ok := f.local(I32)
+			f.Get(k).I32(kindString).Op(OpI32Eq).Set(ok)
+			f.Get(p).I64(32).Op(OpI64ShrU, OpI32WrapI64).I32(0).Get(ok).Op(OpSelect)
+			f.Get(p).Op(OpI32WrapI64).I32(0).Get(ok).Op(OpSelect)
+			f.release(I32, ok)
+		}
+		f.release(I32, k)
+		f.release(I64, p)
+		return nil
+	}
+	return c.errorAt(e, "cannot use a %s where a %s is expected", from, to)
+}
+
+// operand is a value that can be pushed (more than once) as a given type.
+type operand struct {
+	t    typ
+	push func(as typ) error
+}
+
+func (c *compiler) exprOperand(e ast.Expr, errL uint32) operand {
+	return operand{t: c.typeOf(e), push: func(as typ) error { return c.valAs(e, as, errL) }}
+}
+
+// compare pushes the i32 0/1 (or 2, an error) of a op b.
+func (c *compiler) compare(op string, a, b ast.Expr, errL uint32) error {
+	// Interned input compared with a constant: one integer compare.
+	for i := range 2 {
+		x, y := a, b
+		if i == 1 {
+			x, y = b, a
+		}
+		lit, isLit := stringLit(y)
+		if r, ok := c.internable(x); ok && isLit && c.m.Inputs[r.slot].Interned && (op == operators.Equals || op == operators.NotEquals) {
+			c.internedIn(r.slot, []string{lit}, errL)
+			if op == operators.NotEquals {
+				c.f.Op(OpI32Eqz)
+			}
+			return nil
+		}
+	}
+	return c.compareOperands(op, c.exprOperand(a, errL), c.exprOperand(b, errL), a, errL)
+}
+
+// internedIn pushes whether interned slot i equals one of consts (error if absent).
+func (c *compiler) internedIn(i int, consts []string, errL uint32) {
+	f := c.f
+	a := c.slotAddr(i)
+	f.I32(0).Mem(OpI32Load8U, a).I32(kindAbsent).Op(OpI32Eq)
+	c.setErr(errL)
+	f.I32(0).Mem(OpI32Load8U, a).I32(kindInterned).Op(OpI32Eq)
+	f.I32(0)
+	for _, s := range consts {
+		id := 0
+		for j, x := range c.m.Inputs[i].Strings {
+			if x == s {
+				id = j + 1
+			}
+		}
+		f.I32(0).Mem(OpI64Load, a+8).I64(int64(id)).Op(OpI64Eq, OpI32Or)
+	}
+	f.Op(OpI32And)
+}
+
+func (c *compiler) compareOperands(op string, a, b operand, at ast.Expr, errL uint32) error {
+	f := c.f
+	push := func(o operand, t typ) error { return o.push(t) }
+	numeric := func(t typ) bool { return t == tInt || t == tDouble }
+	switch {
+	case a.t == tInt && b.t == tInt:
+		if err := push(a, tInt); err != nil {
+			return err
+		}
+		if err := push(b, tInt); err != nil {
+			return err
+		}
+		f.Op(map[string]byte{operators.Equals: OpI64Eq, operators.NotEquals: OpI64Ne, operators.Less: OpI64LtS,
+			operators.LessEquals: OpI64LeS, operators.Greater: OpI64GtS, operators.GreaterEquals: OpI64GeS}[op])
+		return nil
+	case numeric(a.t) && numeric(b.t):
+		x, y := f.local(F64), f.local(F64)
+		for _, p := range []struct {
+			o operand
+			l uint32
+		}{{a, x}, {b, y}} {
+			if err := push(p.o, p.o.t); err != nil {
+				return err
+			}
+			if p.o.t == tInt {
+				f.Op(OpF64ConvertI64S)
+			}
+			f.Set(p.l)
+		}
+		if op != operators.Equals && op != operators.NotEquals {
+			// NaN cannot be ordered: an error.
+			f.Get(x).Get(x).Op(OpF64Ne).Get(y).Get(y).Op(OpF64Ne, OpI32Or)
+			c.setErr(errL)
+		}
+		f.Get(x).Get(y).Op(map[string]byte{operators.Equals: OpF64Eq, operators.NotEquals: OpF64Ne, operators.Less: OpF64Lt,
+			operators.LessEquals: OpF64Le, operators.Greater: OpF64Gt, operators.GreaterEquals: OpF64Ge}[op])
+		f.release(F64, x, y)
+		return nil
+	}
+	if a.t == 0 || b.t == 0 {
+		return c.errorAt(at, "comparison of these types is not supported")
+	}
+	if err := push(a, tDyn); err != nil {
+		return err
+	}
+	if err := push(b, tDyn); err != nil {
+		return err
+	}
+	switch op {
+	case operators.Equals:
+		f.Call(c.h.dynEq)
+	case operators.NotEquals:
+		f.Call(c.h.dynEq).Op(OpI32Eqz)
+	default:
+		r := f.local(I32)
+		f.Call(c.h.dynCmp).Tee(r).I32(2).Op(OpI32Eq)
+		c.setErr(errL)
+		f.Get(r).I32(0).Op(map[string]byte{operators.Less: OpI32LtS, operators.LessEquals: OpI32LeS,
+			operators.Greater: OpI32GtS, operators.GreaterEquals: OpI32GeS}[op])
+		f.release(I32, r)
+	}
+	return nil
+}
+
+// in pushes x in [list literal].
+func (c *compiler) in(x, list ast.Expr, errL uint32) error {
+	f := c.f
+	if list.Kind() != ast.ListKind {
+		return c.errorAt(list, "in is supported with a list literal only, like x in [\"a\", \"b\"]")
+	}
+	elems := list.AsList().Elements()
+	if r, ok := c.internable(x); ok && c.m.Inputs[r.slot].Interned {
+		lits, _ := stringList(list)
+		c.internedIn(r.slot, lits, errL)
+		return nil
+	}
+	// Evaluate x once into locals, then compare with each element; an error anywhere
+	// (x or any element) makes the result an error, as building the list would.
+	xt := c.typeOf(x)
+	if xt == 0 {
+		return c.errorAt(x, "in on this type is not supported")
+	}
+	if err := c.valAs(x, xt, errL); err != nil {
+		return err
+	}
+	vals := c.store(xt)
+	xo := operand{t: xt, push: func(as typ) error {
+		c.load(xt, vals)
+		return c.convert(x, xt, as, errL)
+	}}
+	acc := f.local(I32)
+	f.I32(0).Set(acc)
+	for _, el := range elems {
+		if err := c.compareOperands(operators.Equals, xo, c.exprOperand(el, errL), el, errL); err != nil {
+			return err
+		}
+		f.Get(acc).Op(OpI32Or).Set(acc)
+	}
+	f.Get(acc)
+	f.release(I32, acc)
+	c.free(xt, vals)
+	return nil
+}
+
+// store pops a value of type t into fresh locals; load pushes it again; free releases them.
+func (c *compiler) store(t typ) []uint32 {
+	f := c.f
+	switch t {
+	case tInt:
+		l := f.local(I64)
+		f.Set(l)
+		return []uint32{l}
+	case tDouble:
+		l := f.local(F64)
+		f.Set(l)
+		return []uint32{l}
+	case tBool:
+		l := f.local(I32)
+		f.Set(l)
+		return []uint32{l}
+	case tString:
+		p, l := f.local(I32), f.local(I32)
+		f.Set(l).Set(p)
+		return []uint32{p, l}
+	default:
+		k, p := f.local(I32), f.local(I64)
+		f.Set(p).Set(k)
+		return []uint32{k, p}
+	}
+}
+
+func (c *compiler) load(_ typ, ls []uint32) {
+	for _, l := range ls {
+		c.f.Get(l)
+	}
+}
+
+func (c *compiler) free(t typ, ls []uint32) {
+	switch t {
+	case tInt:
+		c.f.release(I64, ls...)
+	case tDouble:
+		c.f.release(F64, ls...)
+	case tDyn:
+		c.f.release(I32, ls[0])
+		c.f.release(I64, ls[1])
+	default:
+		c.f.release(I32, ls...)
+	}
+}
