@@ -59,7 +59,14 @@ type openSlot struct {
 	name   string
 	offset int // start of the slot's start tag
 	inner  int // start of the inner content
-	stack  []string
+	stack  []elem
+}
+
+// elem is an element open inside a slot. name is the lower-cased tag name; a its atom (0 for
+// names HTML does not know).
+type elem struct {
+	a    atom.Atom
+	name string
 }
 
 type compiler struct {
@@ -113,12 +120,18 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 	if containsFold(raw, SlotAttr) { // cheap filter before asking the tokenizer for attributes
 		name, isSlot = slotName(z)
 	}
-	if c.open != nil {
+	if o := c.open; o != nil {
+		if !inForeign && o.impliedClose(a) {
+			c.drop(o.name, o.offset, fmt.Sprintf("a <%s> inside its <%s> would close the <%s> in a browser",
+				a, o.stack[0].name, o.stack[0].name))
+			c.open = nil
+			return
+		}
 		if isSlot {
-			c.drop(name, start, fmt.Sprintf("inside slot %q, whose default it is part of", c.open.name))
+			c.drop(name, start, fmt.Sprintf("inside slot %q, whose default it is part of", o.name))
 		}
 		if opens {
-			c.open.stack = append(c.open.stack, tagString(a, rawName))
+			o.stack = append(o.stack, elem{a, tagString(a, rawName)})
 		}
 		return
 	}
@@ -133,7 +146,7 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 	case selfClosing:
 		c.drop(name, start, "self-closing element has no content")
 	default:
-		c.open = &openSlot{name: name, offset: start, inner: end, stack: []string{tagString(a, rawName)}}
+		c.open = &openSlot{name: name, offset: start, inner: end, stack: []elem{{a, tagString(a, rawName)}}}
 	}
 }
 
@@ -151,7 +164,7 @@ func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	}
 	name := tagString(a, rawName)
 	for i := len(o.stack) - 1; i >= 0; i-- {
-		if o.stack[i] != name {
+		if o.stack[i].name != name {
 			continue
 		}
 		o.stack = o.stack[:i]

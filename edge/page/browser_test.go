@@ -1,0 +1,191 @@
+package page
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/html"
+	"golang.org/x/net/html/atom"
+)
+
+// structuralDocuments are slots whose element a browser may close before its end tag (HTML's
+// implied end tags). want is the slot's default, or "" when the slot must be dropped.
+var structuralDocuments = []struct {
+	doc, want string
+}{
+	{`<p data-seg-slot="w">para<div>block</div>rest</p>`, ""},
+	{`<p data-seg-slot="w">para <b>bold</b> <a href=x>link</a></p>`, `para <b>bold</b> <a href=x>link</a>`},
+	{`<p data-seg-slot="w">a<button><div>in button</div></button>b</p>`, `a<button><div>in button</div></button>b`},
+	{`<p data-seg-slot="w">a<table><tr><td><div>x</div></td></tr></table>b</p>`, ""},
+	{`<ul><li data-seg-slot="w">one<li>two</ul>`, ""},
+	{`<ul><li data-seg-slot="w">one<span>x<li>two</ul>`, ""},
+	{`<ul><li data-seg-slot="w">one</li><li>two</ul>`, "one"},
+	{`<ul><li data-seg-slot="w">menu<ul><li>sub 1<li>sub 2</ul></li></ul>`, "menu<ul><li>sub 1<li>sub 2</ul>"},
+	{`<dl><dt data-seg-slot="w">term<dd>def</dl>`, ""},
+	{`<dl><dt data-seg-slot="w">term</dt><dd>def</dl>`, "term"},
+	{`<h1 data-seg-slot="w">Title<h2>sub</h2></h1>`, ""},
+	{`<h1 data-seg-slot="w">Title<p>x<h2>sub</h2></h1>`, ""},
+	{`<h1 data-seg-slot="w">Title <span>s<h2>sub</h2></span></h1>`, "Title <span>s<h2>sub</h2></span>"},
+	{`<a href=1 data-seg-slot="w">x<a href=2>y</a></a>`, ""},
+	{`<a href=1 data-seg-slot="w">x<object><a href=2>y</a></object></a>`, "x<object><a href=2>y</a></object>"},
+	{`<nobr data-seg-slot="w">a<nobr>b</nobr></nobr>`, ""},
+	{`<button data-seg-slot="w">a<button>b</button></button>`, ""},
+	{`<select><option data-seg-slot="w">a<option>b</select>`, ""},
+	{`<select><option data-seg-slot="w">a</option><option>b</select>`, "a"},
+	{`<select data-seg-slot="w"><option>a<option>b</select>`, "<option>a<option>b"},
+	{`<select data-seg-slot="w"><select></select>`, ""},
+	{`<table><tr><td data-seg-slot="w">a<td>b</tr></table>`, ""},
+	{`<table><tr><td data-seg-slot="w">a</td><td>b</tr></table>`, "a"},
+	{`<table><tr><td data-seg-slot="w"><table><tr><td>in</td></tr></table></td></tr></table>`, "<table><tr><td>in</td></tr></table>"},
+	{`<table><tr data-seg-slot="w"><td>a<tr><td>b</table>`, ""},
+	{`<table><tr data-seg-slot="w"><td>a</td><td>b</td></tr></table>`, "<td>a</td><td>b</td>"},
+	{`<table data-seg-slot="w"><tr><td>cell</td></tr></table>`, "<tr><td>cell</td></tr>"},
+	{`<table><tbody data-seg-slot="w"><tr><td>a</tbody><tbody><tr><td>b</table>`, "<tr><td>a"},
+	{`<div data-seg-slot="w"><p>a<p>b<div>c</div></div>`, "<p>a<p>b<div>c</div>"},
+	{`<div data-seg-slot="w"><svg><title><div>x</div></title></svg></div>`, "<svg><title><div>x</div></title></svg>"},
+}
+
+// TestSlotsAreWhatABrowserSees checks slots against the HTML parser x/net/html implements
+// (the one browsers follow): the default must be exactly what the browser puts inside the
+// slot element, and a spliced variant must end up exactly inside it.
+func TestSlotsAreWhatABrowserSees(t *testing.T) {
+	for _, tc := range structuralDocuments {
+		p := Compile([]byte(tc.doc))
+		i := p.SlotIndex("w")
+		if tc.want == "" {
+			if i >= 0 {
+				t.Errorf("%q: slot %q found, want it dropped", tc.doc, p.Default(i))
+			}
+			continue
+		}
+		if i < 0 {
+			t.Errorf("%q: slot dropped (%v), want default %q", tc.doc, p.Dropped(), tc.want)
+			continue
+		}
+		if got := string(p.Default(i)); got != tc.want {
+			t.Errorf("%q: default %q, want %q", tc.doc, got, tc.want)
+		}
+		if msg := browserDisagrees(p, i); msg != "" {
+			t.Errorf("%q: %s", tc.doc, msg)
+		}
+	}
+	docs := 0
+	for _, tc := range oddDocuments {
+		p := Compile([]byte(tc.doc))
+		for i := range p.Slots() {
+			docs++
+			if msg := browserDisagrees(p, i); msg != "" {
+				t.Errorf("%q, slot %q: %s", tc.doc, p.Slots()[i], msg)
+			}
+		}
+	}
+	if findCorpus() == "" {
+		return
+	}
+	for _, in := range corpusTokenizerInputs(t) {
+		p := Compile([]byte(`<!DOCTYPE html><body><div data-seg-slot="w">` + in.Input + `</div><p>after</p>`))
+		if i := p.SlotIndex("w"); i >= 0 {
+			docs++
+			if msg := browserDisagrees(p, i); msg != "" {
+				t.Errorf("%q wrapped in a slot: %s", in.Input, msg)
+			}
+		}
+	}
+	t.Logf("%d slots checked against the parser", docs)
+}
+
+// browserDisagrees parses the page and the page with slot i spliced, and describes how the
+// browser's idea of the slot's content differs from the compiler's, or returns "".
+func browserDisagrees(p *Page, i int) string {
+	name := p.Slots()[i]
+	orig, err := html.Parse(bytes.NewReader(p.Body()))
+	if err != nil {
+		return err.Error()
+	}
+	el := findSlotElement(orig, name)
+	if el == nil {
+		return "the parser has no element with this slot attribute"
+	}
+	if countSlotElements(orig, name) > 1 {
+		return "" // duplicate names: which element is which occurrence is not told apart here
+	}
+	if el.Namespace != "" {
+		return "" // foreign content: out of scope of the fragment comparison below
+	}
+	// The default, parsed alone in the slot element's context, must give the same subtree.
+	ctx := &html.Node{Type: html.ElementNode, Data: el.Data, DataAtom: atom.Lookup([]byte(el.Data))}
+	frag, err := html.ParseFragment(bytes.NewReader(p.Default(i)), ctx)
+	if err != nil {
+		return err.Error()
+	}
+	var alone strings.Builder
+	for _, n := range frag {
+		html.Render(&alone, n)
+	}
+	if inPage := renderChildren(el); inPage != alone.String() {
+		return "in the page the slot holds " + quote(inPage) + ", the default alone parses as " + quote(alone.String())
+	}
+	// A spliced variant must be exactly the slot's content. The marker is a comment, valid in
+	// any context (tables included), except in elements that hold text only.
+	marker := "<!--MARKER-->"
+	switch ctx.DataAtom {
+	case atom.Textarea, atom.Title, atom.Script, atom.Style, atom.Xmp, atom.Iframe, atom.Noembed,
+		atom.Noframes, atom.Noscript:
+		marker = "MARKER"
+	}
+	variants := make([][]byte, len(p.Slots()))
+	variants[i] = []byte(marker)
+	spliced, err := html.Parse(bytes.NewReader(p.AppendTo(nil, variants)))
+	if err != nil {
+		return err.Error()
+	}
+	if got := renderChildren(findSlotElement(spliced, name)); got != marker {
+		return "after splicing the slot holds " + quote(got)
+	}
+	return ""
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+func findSlotElement(n *html.Node, name string) *html.Node {
+	if n.Type == html.ElementNode {
+		for _, a := range n.Attr {
+			if a.Key == SlotAttr && a.Val == name {
+				return n
+			}
+		}
+	}
+	for c := n.FirstChild; c != nil; c = c.NextSibling {
+		if f := findSlotElement(c, name); f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+func countSlotElements(n *html.Node, name string) int {
+	c := 0
+	if n.Type == html.ElementNode {
+		for _, a := range n.Attr {
+			if a.Key == SlotAttr && a.Val == name {
+				c++
+				break
+			}
+		}
+	}
+	for ch := n.FirstChild; ch != nil; ch = ch.NextSibling {
+		c += countSlotElements(ch, name)
+	}
+	return c
+}
+
+func renderChildren(n *html.Node) string {
+	var b strings.Builder
+	if n != nil {
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			html.Render(&b, c)
+		}
+	}
+	return b.String()
+}
