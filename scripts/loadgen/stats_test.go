@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -166,5 +171,95 @@ func TestNoUserDominatesTheLoad(t *testing.T) {
 	}
 	if len(counts) < 5000 {
 		t.Errorf("only %d of 10000 users active in %d events", len(counts), n)
+	}
+}
+
+// fakeOrigin answers POST /v1/events like the origin (202, {"accepted": n}, rejecting every
+// checkout_started event as a field error) and serves /metrics with what it "applied".
+type fakeOrigin struct {
+	mu                 sync.Mutex
+	accepted, rejected int
+}
+
+func (f *fakeOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.Method == "POST" && r.URL.Path == "/v1/events":
+		if r.Header.Get("Authorization") != "Bearer wk" {
+			w.WriteHeader(401)
+			return
+		}
+		var evs []struct {
+			Type string `json:"type"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&evs); err != nil {
+			w.WriteHeader(400)
+			return
+		}
+		type fe struct {
+			Index  int    `json:"index"`
+			Reason string `json:"reason"`
+		}
+		var res struct {
+			Accepted int  `json:"accepted"`
+			Rejected []fe `json:"rejected,omitempty"`
+		}
+		for i, e := range evs {
+			if e.Type == "checkout_started" {
+				res.Rejected = append(res.Rejected, fe{i, "not welcome here"})
+				continue
+			}
+			res.Accepted++
+		}
+		f.accepted += res.Accepted
+		f.rejected += len(res.Rejected)
+		w.WriteHeader(202)
+		json.NewEncoder(w).Encode(res)
+	case r.URL.Path == "/metrics":
+		// Every applied event took between 1ms and 2ms from ingest.
+		fmt.Fprintf(w, "segedge_origin_events_applied_total %d\n", f.accepted)
+		fmt.Fprintf(w, "segedge_origin_events_duplicate_total 0\n")
+		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"0.001\"} 0\n")
+		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"0.002\"} %d\n", f.accepted)
+		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"+Inf\"} %d\n", f.accepted)
+	default:
+		w.WriteHeader(404)
+	}
+}
+
+func TestRunCountsWhatTheOriginAcceptedAndReadsItsHistogram(t *testing.T) {
+	f := &fakeOrigin{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	o := options{origin: srv.URL, writeKey: "wk", rate: 4000, duration: 500 * time.Millisecond,
+		users: 100, batch: 20, conc: 4, metrics: true, drain: 5 * time.Second}
+	var out strings.Builder
+	sum, err := run(context.Background(), o, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.accepted == 0 || f.rejected == 0 {
+		t.Fatalf("fake origin saw %d accepted, %d rejected; want both", f.accepted, f.rejected)
+	}
+	if sum.Accepted != int64(f.accepted) || sum.Rejected != int64(f.rejected) {
+		t.Errorf("summary accepted %d rejected %d, origin accepted %d rejected %d", sum.Accepted, sum.Rejected, f.accepted, f.rejected)
+	}
+	if sent := f.accepted + f.rejected; sent < 1500 || sent > 2100 {
+		t.Errorf("sent %d events in 0.5s at 4000/s", sent)
+	}
+	if !sum.Drained {
+		t.Error("not drained although the origin applied everything")
+	}
+	if sum.ProfileP50 < 1 || sum.ProfileP50 > 2 || sum.ProfileP99 < 1 || sum.ProfileP99 > 2 {
+		t.Errorf("ingest→profile p50 %.2fms p99 %.2fms, want within the 1–2ms bucket", sum.ProfileP50, sum.ProfileP99)
+	}
+	if sum.DeltaP99 != -1 || sum.Deltas != 0 {
+		t.Errorf("delta latency %v from %d deltas without -nats-url", sum.DeltaP99, sum.Deltas)
+	}
+	if !strings.Contains(out.String(), "segedge_origin_ingest_to_profile_seconds") {
+		t.Errorf("report does not say where ingest→profile came from:\n%s", out.String())
 	}
 }
