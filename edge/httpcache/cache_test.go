@@ -75,8 +75,8 @@ func TestFreshnessAndAge(t *testing.T) {
 	// corrected initial age is max(10, 5 + 0) = 10s.
 	e := NewEntry(200, []Field{{"Date", date}, {"Age", "5"}, {"Cache-Control", "max-age=30, stale-while-revalidate=10, stale-if-error=100"}}, t0, t0)
 	for _, tt := range []struct {
-		after            time.Duration
-		age              string
+		after           time.Duration
+		age             string
 		fresh, swr, sie bool
 	}{
 		{0, "10", true, true, true},
@@ -102,7 +102,7 @@ func TestRefreshedKeepsBodyAndTakesNewHeaders(t *testing.T) {
 	if string(n.Body) != "body" || n.Compiled != "compiled" || n.Get("X-A") != "new" || n.Get("Content-Type") != "text/html" || n.ETag != `"1"` {
 		t.Errorf("refreshed entry: %+v", n)
 	}
-	if !n.Fresh(t0.Add(time.Hour+50*time.Second)) {
+	if !n.Fresh(t0.Add(time.Hour + 50*time.Second)) {
 		t.Error("the 304's max-age was not applied")
 	}
 	if strings.Join(n.Tags, ",") != "a,b,c" {
@@ -285,7 +285,7 @@ func TestDependencyCyclesTerminate(t *testing.T) {
 }
 
 func BenchmarkLookupHit(b *testing.B) {
-	c := newCache(b, 64<<20, time.Now)
+	c := newCache(b, 64<<20, func() time.Time { return t0 })
 	c.Store("shop.example", "/p", hdr{}, entry(200, strings.Repeat("x", 45<<10), "Cache-Control", "max-age=600"))
 	h := hdr{}
 	b.ReportAllocs()

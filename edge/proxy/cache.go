@@ -105,6 +105,7 @@ func (p *Proxy) cacheRequest(ctx *fasthttp.RequestCtx, up *upstream) *fasthttp.R
 	req.SetRequestURIBytes(ctx.Request.RequestURI())
 	req.URI().SetScheme(string(ctx.Request.URI().Scheme()))
 	req.SetHostBytes(ctx.Request.Host())
+	req.Header.SetHostBytes(ctx.Request.Host())
 	req.Header.SetMethod(fasthttp.MethodGet)
 	for _, h := range conditionalHeaders {
 		req.Header.Del(h)

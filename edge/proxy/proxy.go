@@ -173,8 +173,10 @@ func (p *Proxy) prepareRequest(ctx *fasthttp.RequestCtx, up *upstream) {
 	if p.viaHeader != "" {
 		h.Add("Via", p.viaHeader)
 	}
-	if p.cfg.RewriteHost {
-		ctx.Request.SetHost(up.host)
+	if p.cfg.RewriteHost || clientHost == "" {
+		// (An HTTP/1.0 client may send no Host; the upstream gets its own name then.)
+		h.SetHost(up.host)
+		ctx.Request.URI().SetHost(up.host)
 	}
 	// HostClient refuses a request whose URI scheme differs from the upstream's; the scheme the
 	// client used is carried in X-Forwarded-Proto instead.
