@@ -650,11 +650,7 @@ func (c *compiler) compareOperands(op string, a, b operand, at ast.Expr, errL ui
 			}
 			f.Set(p.l)
 		}
-		if op != operators.Equals && op != operators.NotEquals {
-			// NaN cannot be ordered: an error.
-			f.Get(x).Get(x).Op(OpF64Ne).Get(y).Get(y).Op(OpF64Ne, OpI32Or)
-			c.setErr(errL)
-		}
+		// With NaN every ordering is false, as in cel-go (and IEEE 754).
 		f.Get(x).Get(y).Op(map[string]byte{operators.Equals: OpF64Eq, operators.NotEquals: OpF64Ne, operators.Less: OpF64Lt,
 			operators.LessEquals: OpF64Le, operators.Greater: OpF64Gt, operators.GreaterEquals: OpF64Ge}[op])
 		f.release(F64, x, y)
@@ -680,6 +676,7 @@ func (c *compiler) compareOperands(op string, a, b operand, at ast.Expr, errL ui
 		c.setErr(errL)
 		f.Get(r).I32(0).Op(map[string]byte{operators.Less: OpI32LtS, operators.LessEquals: OpI32LeS,
 			operators.Greater: OpI32GtS, operators.GreaterEquals: OpI32GeS}[op])
+		f.Get(r).I32(3).Op(OpI32Ne, OpI32And) // 3: unordered (NaN), every ordering is false
 		f.release(I32, r)
 	}
 	return nil

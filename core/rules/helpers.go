@@ -123,7 +123,8 @@ func (c *compiler) addHelpers() {
 		k.I32(0)
 		m.SetFunc(h.dynEq, nil, k.B)
 	}
-	// dyn_cmp: CEL ordering: -1/0/1, or 2 for an error (kinds that do not order, or NaN).
+	// dyn_cmp: CEL ordering: -1/0/1, 2 for an error (kinds that do not order), 3 for unordered
+	// numbers (NaN: cel-go makes every ordering false, like IEEE 754).
 	h.dynCmp = m.Reserve(tDyn)
 	{
 		const a, b = 4, 5 // f64 locals
@@ -138,6 +139,12 @@ func (c *compiler) addHelpers() {
 		}
 		getp := func(p uint32) func() { return func() { k.Get(p) } }
 		getf := func(p uint32) func() { return func() { k.Get(p) } }
+		// A NaN on either side makes every ordering false, whatever the other side is.
+		for _, x := range []struct{ k, p uint32 }{{k1, p1}, {k2, p2}} {
+			k.Get(x.k).I32(kindDouble).Op(OpI32Eq)
+			f64(&k, x.p)
+			f64(&k, x.p).Op(OpF64Ne, OpI32And).If(BlockEmpty).I32(3).Op(OpReturn).End()
+		}
 		both(&k, kindInt, kindInt).If(BlockEmpty)
 		cmp(OpI64LtS, OpI64GtS, getp(p1), getp(p2))
 		k.End()
@@ -156,7 +163,7 @@ func (c *compiler) addHelpers() {
 		conv(&k, p2)
 		f64(&k, p2)
 		k.Get(k2).I32(kindInt).Op(OpI32Eq, OpSelect).Set(b)
-		k.Get(a).Get(a).Op(OpF64Ne).Get(b).Get(b).Op(OpF64Ne, OpI32Or).If(BlockEmpty).I32(2).Op(OpReturn).End()
+		k.Get(a).Get(a).Op(OpF64Ne).Get(b).Get(b).Op(OpF64Ne, OpI32Or).If(BlockEmpty).I32(3).Op(OpReturn).End()
 		cmp(OpF64Lt, OpF64Gt, getf(a), getf(b))
 		k.I32(2)
 		m.SetFunc(h.dynCmp, []ValType{F64, F64}, k.B)
