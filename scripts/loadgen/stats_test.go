@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/testenv"
 )
 
 const scrapeBefore = `# HELP segedge_origin_ingest_to_profile_seconds From event accepted to profile updated.
@@ -261,5 +266,55 @@ func TestRunCountsWhatTheOriginAcceptedAndReadsItsHistogram(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "segedge_origin_ingest_to_profile_seconds") {
 		t.Errorf("report does not say where ingest→profile came from:\n%s", out.String())
+	}
+}
+
+func TestRunMeasuresIngestToDeltaFromTheDeltasSubjects(t *testing.T) {
+	n := testenv.StartNATS(t)
+	f := &fakeOrigin{}
+	// Like the origin's engine: one delta per accepted event, on the user's partition subject,
+	// published 3ms after the request was accepted.
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", f.ServeHTTP)
+	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		acceptedAt := time.Now().UnixMilli()
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		f.ServeHTTP(w, r)
+		var evs []struct {
+			UserID string `json:"user_id"`
+			Type   string `json:"type"`
+		}
+		json.Unmarshal(body, &evs)
+		time.Sleep(3 * time.Millisecond)
+		for _, e := range evs {
+			if e.Type == "checkout_started" {
+				continue
+			}
+			d, _ := json.Marshal(map[string]any{"user_id": e.UserID, "version": 1, "cause": "event", "members": []string{}, "accepted_at": acceptedAt})
+			n.Conn.Publish(n.Topology.DeltaSubject(event.Partition(e.UserID, 4)), d)
+		}
+		// A delta of someone else (an earlier run, another user) must not be counted.
+		n.Conn.Publish(n.Topology.DeltaSubject(0), []byte(`{"user_id":"other","version":9,"accepted_at":1}`))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	o := options{origin: srv.URL, writeKey: "wk", rate: 2000, duration: 300 * time.Millisecond,
+		users: 50, batch: 10, conc: 2, metrics: true, drain: 5 * time.Second,
+		natsURL: n.URL, natsPrefix: n.Topology.Prefix}
+	var out strings.Builder
+	sum, err := run(context.Background(), o, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Deltas != int(sum.Accepted) {
+		t.Errorf("measured %d deltas, want one per accepted event (%d)\n%s", sum.Deltas, sum.Accepted, out.String())
+	}
+	// 3ms before publishing, plus delivery; at 1ms resolution.
+	if sum.DeltaP50 < 3 || sum.DeltaP99 > 100 {
+		t.Errorf("ingest→delta p50 %.1fms p99 %.1fms, want ≥3ms and small", sum.DeltaP50, sum.DeltaP99)
+	}
+	if !strings.Contains(out.String(), "deltas of other users or causes ignored") {
+		t.Errorf("report does not mention the ignored deltas:\n%s", out.String())
 	}
 }
