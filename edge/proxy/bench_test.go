@@ -3,8 +3,8 @@ package proxy
 import (
 	"log/slog"
 	"net"
-	"os"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 

@@ -239,6 +239,8 @@ func responseFields(resp *fasthttp.Response) []httpcache.Field {
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx, e *httpcache.Entry, result httpcache.Result) {
 	now := p.cfg.Now()
 	r := &ctx.Response
+	// Reset also makes the server write its own Date (stored Date headers are dropped by
+	// fasthttp's Add): the client gets the edge's Date, as with copyResponseHeader.
 	r.Reset()
 	r.Header.SetNoDefaultContentType(true)
 	r.SetStatusCode(e.Status)

@@ -725,3 +725,15 @@ func TestCachedRequestsKeepTheQueryExactly(t *testing.T) {
 		t.Errorf("a differently spelled query is a different key, got %s", a.cache)
 	}
 }
+
+func TestCachedResponsesCarryADate(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, fixed(clk, 200, "v1", "Cache-Control", "max-age=60"))
+	cp := newCachingProxy(t, o, clk, Config{})
+	for _, result := range []string{"MISS", "HIT"} {
+		a := cp.get(t, "/page")
+		if _, err := http.ParseTime(a.header.Get("Date")); a.cache != result || err != nil || len(a.header["Date"]) != 1 {
+			t.Errorf("%s: Date %q, want exactly one, the edge's", a.cache, a.header["Date"])
+		}
+	}
+}

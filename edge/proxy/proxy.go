@@ -136,6 +136,10 @@ func (p *Proxy) relay(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 }
 
 // copyResponseHeader sets ctx.Response's status and end-to-end headers from resp.
+//
+// Date: fasthttp manages it itself, and a copied header asks the server to write its own; so,
+// as nginx does by default, the client gets the edge's Date, never the upstream's. Downstream
+// caches lose nothing: Age carries the time spent in this cache.
 func (p *Proxy) copyResponseHeader(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 	keepClose := ctx.Response.Header.ConnectionClose()
 	resp.Header.CopyTo(&ctx.Response.Header)

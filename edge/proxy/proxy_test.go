@@ -84,6 +84,7 @@ func TestHeadersAndBodyPassedByteForByte(t *testing.T) {
 		h["X-Multi"] = []string{"one", "two"}
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("ETag", `"v1"`)
+		h.Set("Date", "Mon, 02 Jan 2006 15:04:05 GMT")
 		w.WriteHeader(http.StatusCreated)
 		w.Write(body)
 	}))
@@ -108,6 +109,9 @@ func TestHeadersAndBodyPassedByteForByte(t *testing.T) {
 	}
 	if v := resp.Header["X-Multi"]; len(v) != 2 || v[0] != "one" || v[1] != "two" {
 		t.Errorf("X-Multi = %q", v)
+	}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
+		t.Errorf("Date = %q, want the edge's own (as nginx sends)", resp.Header.Get("Date"))
 	}
 	if v := resp.Header.Get("ETag"); v != `"v1"` {
 		t.Errorf("ETag = %q", v)
