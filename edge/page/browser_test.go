@@ -44,6 +44,16 @@ var structuralDocuments = []struct {
 	{`<table><tbody data-seg-slot="w"><tr><td>a</tbody><tbody><tr><td>b</table>`, "<tr><td>a"},
 	{`<div data-seg-slot="w"><p>a<p>b<div>c</div></div>`, "<p>a<p>b<div>c</div>"},
 	{`<div data-seg-slot="w"><svg><title><div>x</div></title></svg></div>`, "<svg><title><div>x</div></title></svg>"},
+	{`<div data-seg-slot="w"><table><td>x</div><p>after</p>`, ""},
+	{`<div data-seg-slot="w"><table><tr><td>x</td></tr></table></div>`, "<table><tr><td>x</td></tr></table>"},
+	{`<div data-seg-slot="w"><table></div></table></div>`, "<table></div></table>"},
+	{`<p><span data-seg-slot="w">a</p>b</span>`, ""},
+	{`<div data-seg-slot="w">a</p>b</div>`, "a</p>b"},
+	{`<div data-seg-slot="w"><b>x<div>y</b>z</div></div>`, "<b>x<div>y</b>z</div>"},
+	{`<div data-seg-slot="w"><b>bold<i>both</b>italic</i></div>`, ""},
+	{`<div data-seg-slot="w"><span>a<div>b</span>c</div></div>`, "<span>a<div>b</span>c</div>"},
+	{`<div data-seg-slot="w"><ul><li>a</div></li></ul></div>`, "<ul><li>a"},
+	{`<div data-seg-slot="w"><object><div>x</object></div>`, "<object><div>x</object>"},
 }
 
 // TestSlotsAreWhatABrowserSees checks slots against the HTML parser x/net/html implements
@@ -101,11 +111,14 @@ func browserDisagrees(p *Page, i int) string {
 	name := p.Slots()[i]
 	orig, err := html.Parse(bytes.NewReader(p.Body()))
 	if err != nil {
-		return err.Error()
+		return "" // x/net/html refuses documents nested more than 512 deep: nothing to compare
 	}
 	el := findSlotElement(orig, name)
 	if el == nil {
-		return "the parser has no element with this slot attribute"
+		// The parser ignored the slot's start tag (a <td> outside a table, a second <body>):
+		// there is no element to compare with. The splice still only replaces the source
+		// between the tags, which the other tests check.
+		return ""
 	}
 	if countSlotElements(orig, name) > 1 {
 		return "" // duplicate names: which element is which occurrence is not told apart here
@@ -113,19 +126,18 @@ func browserDisagrees(p *Page, i int) string {
 	if el.Namespace != "" {
 		return "" // foreign content: out of scope of the fragment comparison below
 	}
-	// The default, parsed alone in the slot element's context, must give the same subtree.
 	ctx := &html.Node{Type: html.ElementNode, Data: el.Data, DataAtom: atom.Lookup([]byte(el.Data))}
-	frag, err := html.ParseFragment(bytes.NewReader(p.Default(i)), ctx)
-	if err != nil {
-		return err.Error()
+	switch ctx.DataAtom {
+	case atom.Table, atom.Tbody, atom.Thead, atom.Tfoot, atom.Tr, atom.Colgroup, atom.Select, atom.Frameset:
+		// The parser moves content these elements cannot hold (text in a <tbody> goes before
+		// the table), so the default's subtree depends on the markup around the slot; only the
+		// splice is checked.
+	default:
+		if msg := defaultDisagrees(p, i, el, ctx); msg != "" {
+			return msg
+		}
 	}
-	var alone strings.Builder
-	for _, n := range frag {
-		html.Render(&alone, n)
-	}
-	if inPage := renderChildren(el); inPage != alone.String() {
-		return "in the page the slot holds " + quote(inPage) + ", the default alone parses as " + quote(alone.String())
-	}
+
 	// A spliced variant must be exactly the slot's content. The marker is a comment, valid in
 	// any context (tables included), except in elements that hold text only.
 	marker := "<!--MARKER-->"
@@ -142,6 +154,23 @@ func browserDisagrees(p *Page, i int) string {
 	}
 	if got := renderChildren(findSlotElement(spliced, name)); got != marker {
 		return "after splicing the slot holds " + quote(got)
+	}
+	return ""
+}
+
+// defaultDisagrees compares the slot element's subtree in the page with the default parsed
+// alone in the slot element's context.
+func defaultDisagrees(p *Page, i int, el, ctx *html.Node) string {
+	frag, err := html.ParseFragment(bytes.NewReader(p.Default(i)), ctx)
+	if err != nil {
+		return err.Error()
+	}
+	var alone strings.Builder
+	for _, n := range frag {
+		html.Render(&alone, n)
+	}
+	if inPage := renderChildren(el); inPage != alone.String() {
+		return "in the page the slot holds " + quote(inPage) + ", the default alone parses as " + quote(alone.String())
 	}
 	return ""
 }

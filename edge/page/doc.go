@@ -35,7 +35,8 @@
 //     outer slot's default and is reported in Dropped.
 //   - Duplicate names: every occurrence is a slot of that name, and all of them receive the
 //     same variant, because variants are indexed by name (Slots), not by occurrence.
-//   - An element carrying data-seg-slot="" (empty name) is not a slot.
+//   - An element carrying data-seg-slot="" (empty name) is not a slot, and a slot with more
+//     than MaxDepth elements nested inside it is dropped.
 //   - Inside <svg> and <math> the tokenizer is told that raw-text elements such as <title> and
 //     <style> hold markup and that CDATA sections are allowed, as in an HTML parser's foreign
 //     content. This is an approximation of the tree builder (it does not model HTML elements

@@ -31,3 +31,23 @@ func FuzzCompile(f *testing.F) {
 		checkInvariants(t, Compile(body))
 	})
 }
+
+// FuzzSlotsAgreeWithParser checks, for every slot Compile finds in a fuzzed document, that the
+// HTML parser (x/net/html's tree builder) puts exactly the default inside the slot element,
+// and exactly a spliced variant after splicing. Seeds: the structural and odd-markup tables.
+func FuzzSlotsAgreeWithParser(f *testing.F) {
+	for _, tc := range structuralDocuments {
+		f.Add([]byte(tc.doc))
+	}
+	for _, tc := range oddDocuments {
+		f.Add([]byte(tc.doc))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p := Compile(body)
+		for i := range p.Slots() {
+			if msg := browserDisagrees(p, i); msg != "" {
+				t.Fatalf("slot %q: %s", p.Slots()[i], msg)
+			}
+		}
+	})
+}

@@ -142,3 +142,32 @@ func isSpecial(a atom.Atom) bool {
 	}
 	return false
 }
+
+// endTagStopsAt reports whether a browser, looking down the stack of open elements for the
+// element an end tag a closes, gives up at element e, ignoring the end tag. End tags of
+// elements with "in scope" rules (</div>, </li>, </p>, </td>, ...) stop at scope boundaries
+// (a <div> outside a <table> cannot be closed from inside its cells); any other end tag
+// (</span>, </b>, custom elements) stops at the first special element.
+func endTagStopsAt(a, e atom.Atom) bool {
+	switch {
+	case a == atom.P:
+		return isButtonScopeBoundary(e)
+	case a == atom.Li:
+		return isScopeBoundary(e) || e == atom.Ol || e == atom.Ul
+	case a == atom.Tr || a == atom.Tbody || a == atom.Thead || a == atom.Tfoot || a == atom.Table:
+		return e == atom.Table || e == atom.Template || e == atom.Html
+	case isSpecial(a) || isFormatting(a):
+		return isScopeBoundary(e)
+	}
+	return isSpecial(e)
+}
+
+// isFormatting: HTML's formatting elements, whose end tags run the adoption agency algorithm.
+func isFormatting(a atom.Atom) bool {
+	switch a {
+	case atom.A, atom.B, atom.Big, atom.Code, atom.Em, atom.Font, atom.I, atom.Nobr, atom.S,
+		atom.Small, atom.Strike, atom.Strong, atom.Tt, atom.U:
+		return true
+	}
+	return false
+}

@@ -12,6 +12,11 @@ import (
 // SlotAttr is the attribute that marks an element as a slot; its value is the slot's name.
 const SlotAttr = "data-seg-slot"
 
+// MaxDepth is the deepest nesting of elements inside a slot; a slot with deeper content is
+// dropped. It bounds the work per tag (end tags search the elements open inside the slot)
+// and, like browsers' own limits on DOM depth, is far beyond what real pages use.
+const MaxDepth = 512
+
 // Page is an HTML body cut into static chunks and slot occurrences. It is immutable after
 // Compile and safe for concurrent use. It keeps a reference to the body it was compiled from
 // (every chunk is a sub-slice of it), so the caller must not modify that body afterwards.
@@ -131,6 +136,11 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 			c.drop(name, start, fmt.Sprintf("inside slot %q, whose default it is part of", o.name))
 		}
 		if opens {
+			if len(o.stack) >= MaxDepth {
+				c.drop(o.name, o.offset, fmt.Sprintf("more than %d elements nested inside it", MaxDepth))
+				c.open = nil
+				return
+			}
 			o.stack = append(o.stack, elem{a, tagString(a, rawName)})
 		}
 		return
@@ -152,6 +162,7 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 
 func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	a, rawName := c.tagName(c.p.body[start:end])
+	inForeign := c.foreign > 0
 	if (a == atom.Svg || a == atom.Math) && c.foreign > 0 {
 		c.foreign--
 		if c.foreign == 0 {
@@ -164,18 +175,33 @@ func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	}
 	name := tagString(a, rawName)
 	for i := len(o.stack) - 1; i >= 0; i-- {
-		if o.stack[i].name != name {
-			continue
+		e := o.stack[i]
+		if e.name == name {
+			if i > 0 && isFormatting(a) && hasAny(o.stack[i+1:], isSpecial) {
+				// Mis-nested formatting (<b>x<div>y</b>): the adoption agency algorithm
+				// closes the <b> but keeps the <div> open.
+				o.stack = append(o.stack[:i], o.stack[i+1:]...)
+				return
+			}
+			o.stack = o.stack[:i]
+			if i == 0 {
+				c.p.addOccurrence(o.name, o.inner, start)
+				c.open = nil
+			}
+			return
 		}
-		o.stack = o.stack[:i]
-		if i == 0 {
-			c.p.addOccurrence(o.name, o.inner, start)
-			c.open = nil
+		if i > 0 && !inForeign && endTagStopsAt(a, e.a) {
+			return // a browser ignores this end tag: what it would close is out of scope
 		}
-		return
 	}
-	if a == atom.P || a == atom.Br {
-		return // a browser makes an empty element of a stray </p> or </br>; nothing is closed
+	// The end tag matches nothing opened inside the slot.
+	switch {
+	case a == atom.Br:
+		return // a browser reads a stray </br> as <br>
+	case a == atom.P && closesP(o.stack[0].a):
+		// A stray </p> makes an empty <p>; it could only close an outer <p>, and the slot's
+		// own start tag already closed any that was open.
+		return
 	}
 	c.drop(o.name, o.offset, fmt.Sprintf("</%s> inside it closes an element opened outside it", name))
 	c.open = nil

@@ -88,6 +88,9 @@ var oddDocuments = []struct {
 	{"only text", "just text, no markup", nil, 0},
 	{"truncated start tag", `<div data-seg-slot="x"`, nil, 0},
 	{"truncated end tag", `<div data-seg-slot="x">a</di`, nil, 1},
+	{"nesting at the depth limit", `<div data-seg-slot="x">` + strings.Repeat("<span>", MaxDepth-1) + `</div>`,
+		[]wantSlot{{"x", strings.Repeat("<span>", MaxDepth-1)}}, 0},
+	{"nesting beyond the depth limit", `<div data-seg-slot="x">` + strings.Repeat("<span>", MaxDepth) + `</div>`, nil, 1},
 }
 
 func TestCompileOddDocuments(t *testing.T) {
