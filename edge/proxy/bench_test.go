@@ -92,3 +92,27 @@ func BenchmarkCacheHitInMemory(b *testing.B) {
 		b.Fatalf("last request: %q, %d bytes", got, len(resp.Body()))
 	}
 }
+
+// BenchmarkPassInMemory is an uncached request (POST) through the proxy to a real upstream on
+// loopback, for comparison with the cache-hit numbers.
+func BenchmarkPassInMemory(b *testing.B) {
+	p := benchProxy(b)
+	ln := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{Handler: p.Handle, DisableHeaderNamesNormalizing: true, NoDefaultServerHeader: true, NoDefaultContentType: true}
+	go srv.Serve(ln) //nolint:errcheck
+	b.Cleanup(func() { _ = srv.Shutdown() })
+	cl := &fasthttp.HostClient{Addr: "shop.example", Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	req.SetRequestURI("http://shop.example/page?id=1")
+	req.Header.SetMethod(fasthttp.MethodPost)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchPage)))
+	for b.Loop() {
+		if err := cl.Do(req, resp); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if len(resp.Body()) != len(benchPage) {
+		b.Fatalf("%d bytes", len(resp.Body()))
+	}
+}
