@@ -63,7 +63,8 @@ type compiler struct {
 	strCap     []bool // slot may hold a string
 	usesReq    []bool // per segment, directly
 
-	cur *segState // segment being analysed or generated
+	cur      *segState // segment being analysed or generated
+	anyScore bool      // accept score() of undeclared scores (ParseFeature)
 
 	mod      wasmenc.Module
 	f        *fnBuilder
@@ -82,6 +83,54 @@ func (c *compiler) errorAt(e ast.Expr, format string, args ...any) error {
 
 // Compile compiles a rules file into a ruleset. Errors name the file position and the rule.
 func Compile(f *File) (*Ruleset, error) {
+	c, err := analyseFile(f, false)
+	if err != nil {
+		return nil, err
+	}
+	order, err := c.order()
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range c.segs {
+		for _, d := range s.deps {
+			c.m.Segments[i].DependsOn = append(c.m.Segments[i].DependsOn, c.m.Segments[d].Name)
+		}
+	}
+	for _, i := range order { // dependencies first
+		need := c.usesReq[i]
+		for _, d := range c.segs[i].deps {
+			need = need || c.m.Segments[d].NeedsRequest
+		}
+		c.m.Segments[i].NeedsRequest = need
+	}
+	for i := range c.m.Inputs {
+		in := &c.m.Inputs[i]
+		if c.strCap[i] && !c.needsBytes[i] {
+			in.Interned = true
+			for s := range c.interned[i] {
+				in.Strings = append(in.Strings, s)
+			}
+			sortStrings(in.Strings)
+		}
+	}
+	if err := c.slots(); err != nil {
+		return nil, err
+	}
+	if err := c.triggers(); err != nil {
+		return nil, err
+	}
+	mod, err := c.generate(order)
+	if err != nil {
+		return nil, err
+	}
+	return &Ruleset{Module: mod, Manifest: *c.m}, nil
+}
+
+// analyseOnly type-checks and analyses the rules of f without generating code, accepting
+// any score name.
+func analyseOnly(f *File) (*compiler, error) { return analyseFile(f, true) }
+
+func analyseFile(f *File, anyScore bool) (*compiler, error) {
 	env, err := newEnv(nil)
 	if err != nil {
 		return nil, fmt.Errorf("rule environment: %w", err)
@@ -89,7 +138,7 @@ func Compile(f *File) (*Ruleset, error) {
 	c := &compiler{
 		file: f, env: env, m: &Manifest{ABIVersion: ABIVersion},
 		segIdx: map[string]int{}, scores: map[string]bool{}, inputs: map[inputKey]int{},
-		constOff: map[string]uint32{},
+		constOff: map[string]uint32{}, anyScore: anyScore,
 	}
 	if len(f.Scores) > 0 {
 		c.m.Scores = map[string]ScoreInfo{}
@@ -132,40 +181,7 @@ func Compile(f *File) (*Ruleset, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	order, err := c.order()
-	if err != nil {
-		return nil, err
-	}
-	for i, s := range c.segs {
-		for _, d := range s.deps {
-			c.m.Segments[i].DependsOn = append(c.m.Segments[i].DependsOn, c.m.Segments[d].Name)
-		}
-	}
-	for _, i := range order { // dependencies first
-		need := c.usesReq[i]
-		for _, d := range c.segs[i].deps {
-			need = need || c.m.Segments[d].NeedsRequest
-		}
-		c.m.Segments[i].NeedsRequest = need
-	}
-	for i := range c.m.Inputs {
-		in := &c.m.Inputs[i]
-		if c.strCap[i] && !c.needsBytes[i] {
-			in.Interned = true
-			for s := range c.interned[i] {
-				in.Strings = append(in.Strings, s)
-			}
-			sortStrings(in.Strings)
-		}
-	}
-	if err := c.slots(); err != nil {
-		return nil, err
-	}
-	mod, err := c.generate(order)
-	if err != nil {
-		return nil, err
-	}
-	return &Ruleset{Module: mod, Manifest: *c.m}, nil
+	return c, nil
 }
 
 func (f *File) where(p Pos) string {
@@ -182,6 +198,32 @@ func sortStrings(s []string) {
 			s[j], s[j-1] = s[j-1], s[j]
 		}
 	}
+}
+
+// triggers checks that enter/exit triggers name segments and that threshold expressions
+// are boolean rules over the same vocabulary.
+func (c *compiler) triggers() error {
+	seen := map[string]bool{}
+	for _, t := range c.file.Triggers {
+		if seen[t.Name] {
+			return fmt.Errorf("%s: trigger %q is defined twice; rename one", c.file.where(t.Pos), t.Name)
+		}
+		seen[t.Name] = true
+		switch t.Kind {
+		case TriggerEnter, TriggerExit:
+			if _, ok := c.segIdx[t.Segment]; !ok {
+				return fmt.Errorf("%s: trigger %s: unknown segment %q; name a segment defined under segments",
+					c.file.where(t.Pos), t.Name, t.Segment)
+			}
+		case TriggerThreshold:
+			sub := &File{Name: c.file.Name, Scores: c.file.Scores, Segments: append(append([]SegmentDef(nil), c.file.Segments...),
+				SegmentDef{Name: "trigger_" + t.Name, Rule: t.Expr, Pos: t.Pos, RulePos: t.Pos})}
+			if _, err := analyseFile(sub, false); err != nil {
+				return fmt.Errorf("trigger %s: on is neither enter(\"segment\"), exit(\"segment\") nor a valid boolean rule: %w", t.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // slots resolves slot variants to segment bits.
@@ -323,7 +365,7 @@ func (c *compiler) vocab(e ast.Expr) (vocabRef, bool, error) {
 		r.slot = c.input(inputKey{feat: profile.Feature{Kind: profile.FeatureTrait, Name: lits[0]}}, true)
 		r.t, r.has = tDyn, fn == fnHasTrait
 	case fnScore:
-		if !c.scores[lits[0]] {
+		if !c.scores[lits[0]] && !c.anyScore {
 			return r, false, c.errorAt(e, "unknown score %q; declare it under scores", lits[0])
 		}
 		r.slot = c.input(inputKey{feat: profile.Feature{Kind: profile.FeatureScore, Name: lits[0]}}, false)
