@@ -47,7 +47,7 @@ var oddDocuments = []struct {
 	{"bytes that are not UTF-8", "<div data-seg-slot=\"x\">\xff\xfe caf\xe9</div>\xc3",
 		[]wantSlot{{"x", "\xff\xfe caf\xe9"}}, 0},
 	{"NUL bytes", "<div data-seg-slot=\"x\">a\x00b</div>\x00", []wantSlot{{"x", "a\x00b"}}, 0},
-	{"huge attribute", `<div title="` + strings.Repeat("a", 100_000) + `" data-seg-slot="x">big</div>`,
+	{"huge attribute", `<div title="` + strings.Repeat("a", 16<<10) + `" data-seg-slot="x">big</div>`,
 		[]wantSlot{{"x", "big"}}, 0},
 	{"uppercase tags and attributes", `<DIV DATA-SEG-SLOT="x">Up<DIV>in</div></Div>`,
 		[]wantSlot{{"x", "Up<DIV>in</div>"}}, 0},
@@ -110,6 +110,15 @@ func TestCompileOddDocuments(t *testing.T) {
 			checkInvariants(t, p)
 		})
 	}
+}
+
+func TestMegabyteAttribute(t *testing.T) {
+	doc := `<p>a</p><div data-x="` + strings.Repeat("<div data-seg-slot=y>", 50_000) + `" data-seg-slot="x">big</div>`
+	p := Compile([]byte(doc))
+	if p.Occurrences() != 1 || string(p.Default(0)) != "big" {
+		t.Errorf("slots %q, want one, x, with default \"big\"", p.Slots())
+	}
+	checkInvariants(t, p)
 }
 
 func slicesEqual(a, b []wantSlot) bool {
