@@ -74,14 +74,26 @@ curl -fsS "http://$ORIGIN_ADDR/readyz" >/dev/null
 results="$work/results.tsv"
 : >"$results"
 last=""
+# CPU ticks (user+system) a local process has used; 0 when not visible.
+ticks() { [[ -n "$1" && -r "/proc/$1/stat" ]] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
+nats_pid="$(pgrep -x nats-server | head -n1 || true)"
+redis_pid="$(pgrep -x redis-server | head -n1 || true)"
+hz="$(getconf CLK_TCK)"
 step() {
-  local load out kind="$3"
+  local load out kind="$3" n0 r0 n1 r1 acc
   load="$(cut -d' ' -f1 /proc/loadavg)"
+  n0="$(ticks "$nats_pid")"; r0="$(ticks "$redis_pid")"
   out="$("$work/loadgen" -origin "http://$ORIGIN_ADDR" -write-key "$WRITE_KEY" -rate "$1" -duration "$2" \
     -users "$USERS" -batch "$BATCH" -concurrency "$CONCURRENCY" -nats-url "$NATS_URL" -nats-prefix "$PREFIX" \
     -drain 30s -json)"
   echo "$out" | sed '$d' | sed 's/^/  /'
   last="$(echo "$out" | tail -n1)"
+  n1="$(ticks "$nats_pid")"; r1="$(ticks "$redis_pid")"
+  acc="$(echo "$last" | jq .accepted)"
+  if [[ "$acc" -gt 0 ]]; then
+    # The servers are shared: this includes whatever other clients made them do meanwhile.
+    echo "  nats-server CPU $(( (n1 - n0) * 1000000 / hz / acc ))µs, redis-server CPU $(( (r1 - r0) * 1000000 / hz / acc ))µs per accepted event (shared servers: includes other clients)"
+  fi
   printf '%s\t%s\t%s\n' "$kind" "$load" "$last" >>"$results"
 }
 
@@ -122,18 +134,20 @@ fi
 
 echo
 echo "== origin results (prefix $PREFIX, partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users)"
-printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s\n' \
-  step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p99 drained drain_s
+printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s\n' \
+  step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p99 drained drain_s cpu_us/ev
 while IFS=$'\t' read -r kind load j; do
   over="$(echo "$j" | jq -r 'if .profile_p99_over then ">" else "" end')"
-  printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s\n' \
+  printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s\n' \
     "$kind" "$(echo "$j" | jq .target_rate)" "$load" "$(echo "$j" | jq '.accepted_per_s|round')" "$(echo "$j" | jq .rejected)" \
     "$(echo "$j" | fmt_ms http_p50_ms)" "$(echo "$j" | fmt_ms http_p99_ms)" \
     "$(echo "$j" | fmt_ms profile_p50_ms)" "$over$(echo "$j" | fmt_ms profile_p99_ms)" \
-    "$(echo "$j" | fmt_ms delta_p99_ms)" "$(echo "$j" | jq .drained)" "$(echo "$j" | jq '.drain_s*10|round/10')"
+    "$(echo "$j" | fmt_ms delta_p99_ms)" "$(echo "$j" | jq .drained)" "$(echo "$j" | jq '.drain_s*10|round/10')" \
+    "$(echo "$j" | jq '.origin_cpu_us_per_event*10|round/10')"
 done <"$results"
 echo "(ms; profile = ingest→profile from the origin's histogram, bucket-interpolated, '>' = above the top bucket;"
-echo " delta = ingest→delta on DELTAS, '-' when no deltas flowed (no active ruleset))"
+echo " delta = ingest→delta on DELTAS, '-' when no deltas flowed (no active ruleset);"
+echo " cpu_us/ev = the origin's CPU per accepted event, from its process_cpu_seconds_total)"
 if [[ -z "${SKIP_RAMP:-}" ]]; then
   echo "max sustained, end to end (ingest→profile p99 ≤ ${P99_MS}ms): ${max_e2e} events/s"
   echo "max sustained, ingest only (HTTP p99 ≤ ${P99_MS}ms, nothing rejected): ${max_ingest} events/s"

@@ -132,6 +132,10 @@ type summary struct {
 	Drained         bool    `json:"drained"`
 	DrainSeconds    float64 `json:"drain_s"`
 	ProfileMeasured string  `json:"profile_measured"`
+	// CPU time per accepted event, in microseconds, over the run and the drain: the origin's
+	// (process_cpu_seconds_total) and loadgen's own; -1 when not measured.
+	OriginCPUPerEvent  float64 `json:"origin_cpu_us_per_event"`
+	LoadgenCPUPerEvent float64 `json:"loadgen_cpu_us_per_event"`
 }
 
 // stats are the sender's counters and samples.
@@ -197,6 +201,7 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		}
 	}
 
+	cpu0 := selfCPU()
 	fmt.Fprintf(out, "loadgen %s: %d events/s for %s to %s, %d users, %d events/request, %d in flight at most\n",
 		runID, o.rate, o.duration, o.origin, o.users, o.batch, o.conc)
 	st := &stats{}
@@ -252,6 +257,7 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 	// Wait for the origin to apply everything it accepted, so the histograms below cover the
 	// whole run, backlog included.
 	sum.ProfileP50, sum.ProfileP99, sum.ProfileP999 = -1, -1, -1
+	sum.OriginCPUPerEvent, sum.LoadgenCPUPerEvent = -1, -1
 	if o.metrics {
 		t1 := time.Now()
 		target := before["segedge_origin_events_applied_total"] + before["segedge_origin_events_duplicate_total"] + float64(sum.Accepted)
@@ -279,6 +285,10 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		fmt.Fprintf(out, "  ingest→delta    segedge_origin_ingest_to_delta_seconds:          %s\n", histSummary(del))
 		fmt.Fprintf(out, "  store update    segedge_origin_profile_update_duration_seconds:  %s\n", histSummary(upd))
 		fmt.Fprintf(out, "  JetStream store segedge_origin_events_publish_duration_seconds:  %s\n", histSummary(pub))
+		if c0, ok := before["process_cpu_seconds_total"]; ok && sum.Accepted > 0 {
+			sum.OriginCPUPerEvent = (after["process_cpu_seconds_total"] - c0) * 1e6 / float64(sum.Accepted)
+			fmt.Fprintf(out, "  origin CPU      process_cpu_seconds_total:                       %.1fµs per accepted event (run and drain)\n", sum.OriginCPUPerEvent)
+		}
 		sum.ProfileMeasured = "origin /metrics histogram segedge_origin_ingest_to_profile_seconds, bucket-interpolated"
 		if v, _, ok := histQuantile(prof, 0.5); ok {
 			var over bool
@@ -290,6 +300,10 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		}
 	}
 
+	if sum.Accepted > 0 {
+		sum.LoadgenCPUPerEvent = (selfCPU() - cpu0).Seconds() * 1e6 / float64(sum.Accepted)
+		fmt.Fprintf(out, "loadgen's own CPU: %.1fµs per accepted event (it shares the machine)\n", sum.LoadgenCPUPerEvent)
+	}
 	sum.DeltaP50, sum.DeltaP99, sum.DeltaP999 = -1, -1, -1
 	if o.natsURL != "" {
 		time.Sleep(500 * time.Millisecond) // deltas published at the end of the drain are in flight
@@ -428,4 +442,13 @@ func cleanup(url, prefix string) error {
 	}
 	fmt.Printf("deleted %d streams under prefix %q\n", len(names), prefix)
 	return nil
+}
+
+// selfCPU is the CPU time (user and system) this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -225,6 +225,7 @@ func (f *fakeOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Every applied event took between 1ms and 2ms from ingest.
 		fmt.Fprintf(w, "segedge_origin_events_applied_total %d\n", f.accepted)
 		fmt.Fprintf(w, "segedge_origin_events_duplicate_total 0\n")
+		fmt.Fprintf(w, "process_cpu_seconds_total %g\n", 1.5+float64(f.accepted)*20e-6) // 20µs per event
 		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"0.001\"} 0\n")
 		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"0.002\"} %d\n", f.accepted)
 		fmt.Fprintf(w, "segedge_origin_ingest_to_profile_seconds_bucket{le=\"+Inf\"} %d\n", f.accepted)
@@ -260,6 +261,9 @@ func TestRunCountsWhatTheOriginAcceptedAndReadsItsHistogram(t *testing.T) {
 	}
 	if sum.ProfileP50 < 1 || sum.ProfileP50 > 2 || sum.ProfileP99 < 1 || sum.ProfileP99 > 2 {
 		t.Errorf("ingest→profile p50 %.2fms p99 %.2fms, want within the 1–2ms bucket", sum.ProfileP50, sum.ProfileP99)
+	}
+	if math.Abs(sum.OriginCPUPerEvent-20) > 0.01 {
+		t.Errorf("origin CPU per event = %.3fµs, want 20", sum.OriginCPUPerEvent)
 	}
 	if sum.DeltaP99 != -1 || sum.Deltas != 0 {
 		t.Errorf("delta latency %v from %d deltas without -nats-url", sum.DeltaP99, sum.Deltas)
