@@ -39,10 +39,14 @@ const (
 	// Stale: must be revalidated before use, unless WithinStaleWhileRevalidate or (on upstream
 	// failure) WithinStaleIfError allow serving it.
 	Stale
+	// Uncacheable: the upstream recently answered this URL with a response that may not be
+	// stored (see RememberUncacheable): send the request straight on, without coalescing, which
+	// would only queue requests behind each other.
+	Uncacheable
 )
 
 func (s State) String() string {
-	return [...]string{"miss", "fresh", "stale"}[s]
+	return [...]string{"miss", "fresh", "stale", "uncacheable"}[s]
 }
 
 // Result is how a request was answered, for the requests metric and the Segedge-Cache header.
@@ -136,10 +140,27 @@ func (c *Cache) Lookup(host, uri string, req RequestHeader) (*Entry, State) {
 	if !ok {
 		return nil, Miss
 	}
+	if e.pass {
+		if c.now().Before(e.ResponseTime.Add(e.lifetime)) {
+			return nil, Uncacheable
+		}
+		return nil, Miss
+	}
 	if e.Fresh(c.now()) {
 		return e, Fresh
 	}
 	return e, Stale
+}
+
+// RememberUncacheable records for d that uri on host was answered with a response that may not
+// be stored (Varnish's hit-for-pass), so that Lookup says Uncacheable rather than Miss. It
+// replaces what was stored for the URL (all Vary variants are reached through the primary key).
+func (c *Cache) RememberUncacheable(host, uri string, d time.Duration) {
+	primary := primaryKey(host, uri)
+	m := &Entry{pass: true, key: primary, uri: uri, ResponseTime: c.now(), lifetime: d}
+	m.weight = uint32(m.size())
+	c.index(m)
+	c.store.Set(primary, m)
 }
 
 // Matches says whether e is the variant for req.

@@ -295,3 +295,24 @@ func BenchmarkLookupHit(b *testing.B) {
 		}
 	}
 }
+
+func TestRememberUncacheable(t *testing.T) {
+	now := t0
+	c := newCache(t, 1<<20, func() time.Time { return now })
+	c.Store("h", "/p", hdr{}, entry(200, "b", "Cache-Control", "max-age=600"))
+	c.RememberUncacheable("h", "/p", 10*time.Second)
+	if e, st := c.Lookup("h", "/p", hdr{}); st != Uncacheable || e != nil {
+		t.Errorf("Lookup = %v %v, want Uncacheable", e, st)
+	}
+	now = now.Add(10 * time.Second)
+	if _, st := c.Lookup("h", "/p", hdr{}); st != Miss {
+		t.Errorf("after the TTL: %v, want Miss", st)
+	}
+	c.RememberUncacheable("h", "/q", time.Minute)
+	if n := c.PurgeURL("/q"); n != 0 {
+		t.Errorf("a purge counted %d entries for a remembered uncacheable URL", n)
+	}
+	if _, st := c.Lookup("h", "/q", hdr{}); st != Miss {
+		t.Errorf("purge did not forget the uncacheable mark: %v", st)
+	}
+}

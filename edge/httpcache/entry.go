@@ -45,6 +45,7 @@ type Entry struct {
 	key        string // where it is stored
 	uri        string
 	marker     bool // a Vary marker at the primary key, not a response
+	pass       bool // a remembered uncacheable answer (RememberUncacheable), not a response
 }
 
 // NewEntry builds an entry from an upstream response's status and end-to-end headers; the body

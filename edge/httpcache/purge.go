@@ -83,7 +83,7 @@ func (c *Cache) keysOf(set map[string]struct{}, host string) []string {
 func (c *Cache) invalidate(keys, uris []string) int {
 	n := 0
 	for _, k := range keys {
-		if e, ok := c.store.Invalidate(k); ok && !e.marker {
+		if e, ok := c.store.Invalidate(k); ok && !e.marker && !e.pass {
 			n++
 		}
 	}
@@ -111,7 +111,7 @@ func (c *Cache) invalidate(keys, uris []string) int {
 			c.m.purges.WithLabelValues("dependency").Inc()
 		}
 		for _, k := range pageKeys {
-			if e, ok := c.store.Invalidate(k); ok && !e.marker {
+			if e, ok := c.store.Invalidate(k); ok && !e.marker && !e.pass {
 				n++
 			}
 		}

@@ -47,6 +47,9 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 		})
 		p.serve(ctx, e, httpcache.StaleResult)
 		return
+	case st == httpcache.Uncacheable:
+		p.passUncached(ctx, up)
+		return
 	case e == nil && ctx.IsHead():
 		// A HEAD cannot fill the cache; it goes to the upstream as it is.
 		p.passUncached(ctx, up)
@@ -66,24 +69,34 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 		return mine.entry, mine.err
 	})
 	switch {
-	case leader && mine.resp != nil: // not stored: relay the upstream's answer as it comes
-		p.relayWithPrefix(ctx, mine.resp, mine.prefix)
-		ctx.Response.Header.Set(CacheHeader, string(httpcache.Pass))
-		c.Record(httpcache.Pass)
-	case leader && err != nil:
-		p.upstreamFailed(ctx, err)
 	case leader:
-		p.serve(ctx, got, mine.result)
+		p.finish(ctx, mine)
 	case errors.Is(err, httpcache.ErrNotShared):
-		p.passUncached(ctx, up)
-	case err != nil: // our client went away while waiting
-		p.fail(ctx, fasthttp.StatusGatewayTimeout, "gateway timeout\n")
+		// The shared response was not stored, or is another Vary variant: fetch our own
+		// (uncoalesced; it is stored if it may be).
+		p.finish(ctx, p.fetch(up, req, host, uri, e))
+	case err != nil: // the server is shutting down while we waited
+		p.fail(ctx, fasthttp.StatusServiceUnavailable, "service unavailable\n")
 	default:
 		result := httpcache.Hit
 		if !got.Fresh(p.cfg.Now()) {
 			result = httpcache.StaleResult
 		}
 		p.serve(ctx, got, result)
+	}
+}
+
+// finish answers ctx with the outcome of its own upstream fetch.
+func (p *Proxy) finish(ctx *fasthttp.RequestCtx, f fetched) {
+	switch {
+	case f.resp != nil: // not stored: relay the upstream's answer as it comes
+		p.relayWithPrefix(ctx, f.resp, f.prefix)
+		ctx.Response.Header.Set(CacheHeader, string(httpcache.Pass))
+		p.cfg.Cache.Record(httpcache.Pass)
+	case f.err != nil:
+		p.upstreamFailed(ctx, f.err)
+	default:
+		p.serve(ctx, f.entry, f.result)
 	}
 }
 
@@ -162,6 +175,9 @@ func (p *Proxy) fetch(up *upstream, req *fasthttp.Request, host, uri string, sta
 	if ok, why := httpcache.Storable(&req.Header, e); !ok || resp.Header.ContentLength() > p.cfg.MaxCacheableBodySize {
 		p.log.Debug("not stored", "why", why, "status", status)
 		c.Delete(stale)
+		if why != "request no-store" && why != "authorization" && status < 500 {
+			c.RememberUncacheable(host, uri, p.cfg.UncacheableTTL)
+		}
 		return fetched{resp: resp}
 	}
 	body, complete, err := readBounded(resp, p.cfg.MaxCacheableBodySize)
@@ -171,6 +187,7 @@ func (p *Proxy) fetch(up *upstream, req *fasthttp.Request, host, uri string, sta
 		return fetched{err: err}
 	}
 	if !complete {
+		c.RememberUncacheable(host, uri, p.cfg.UncacheableTTL)
 		return fetched{resp: resp, prefix: body}
 	}
 	fasthttp.ReleaseResponse(resp)

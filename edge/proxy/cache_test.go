@@ -272,7 +272,7 @@ func TestExpiresAndDate(t *testing.T) {
 		{advance: 119 * time.Second, want: "HIT", hits: 1, wantAge: "119"},
 		// Expired; the same (now past) Expires again is not worth storing.
 		{advance: 2 * time.Second, want: "PASS", hits: 2},
-		{reply: expires, want: "MISS", hits: 3},
+		{advance: DefaultUncacheableTTL, reply: expires, want: "MISS", hits: 3},
 		{want: "HIT", hits: 3},
 	})
 }
@@ -708,8 +708,46 @@ func TestRevalidationAnsweredWithAnUnstorableResponseDropsTheEntry(t *testing.T)
 	runSteps(t, reply(200, "v1", "Cache-Control", "max-age=10"), []step{
 		{want: "MISS", hits: 1},
 		{advance: 11 * time.Second, reply: reply(200, "v2", "Cache-Control", "private"), want: "PASS", wantBody: "v2", hits: 2},
-		{reply: reply(200, "v3", "Cache-Control", "max-age=10"), want: "MISS", wantBody: "v3", hits: 3},
+		// Remembered as uncacheable for UncacheableTTL: passed straight on.
+		{reply: reply(200, "v3", "Cache-Control", "max-age=10"), want: "PASS", wantBody: "v3", hits: 3},
+		{advance: DefaultUncacheableTTL, want: "MISS", wantBody: "v3", hits: 4},
+		{want: "HIT", wantBody: "v3", hits: 4},
 	})
+}
+
+func TestUncacheableURLsAreNotCoalesced(t *testing.T) {
+	clk := newClock()
+	var inFlight, maxInFlight atomic.Int64
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := maxInFlight.Load()
+			if n <= m || maxInFlight.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		fixed(clk, 200, "dynamic", "Cache-Control", "private")(w, r)
+	})
+	cp := newCachingProxy(t, o, clk, Config{})
+	if a := cp.get(t, "/cart"); a.cache != "PASS" {
+		t.Fatalf("first: %s", a.cache)
+	}
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a := cp.get(t, "/cart"); a.cache != "PASS" || a.body != "dynamic" {
+				t.Errorf("%s %q", a.cache, a.body)
+			}
+		}()
+	}
+	wg.Wait()
+	if maxInFlight.Load() < 2 {
+		t.Errorf("requests for a known-uncacheable URL were queued one by one (max %d in flight)", maxInFlight.Load())
+	}
 }
 
 func TestCachedRequestsKeepTheQueryExactly(t *testing.T) {

@@ -22,6 +22,7 @@ const (
 	DefaultMaxConnsPerUpstream   = 1024
 	DefaultMaxIdleConnDuration   = 90 * time.Second
 	DefaultMaxCacheableBodySize  = 8 << 20
+	DefaultUncacheableTTL        = 10 * time.Second
 )
 
 // Config says where requests go and how long the proxy waits for them.
@@ -62,6 +63,12 @@ type Config struct {
 	// MaxCacheableBodySize: larger responses are streamed to the client and not stored (default
 	// DefaultMaxCacheableBodySize).
 	MaxCacheableBodySize int
+	// UncacheableTTL is how long the cache remembers that a URL's response could not be stored
+	// (private, no-store, Set-Cookie, too large…), sending its requests straight to the upstream
+	// instead of queueing them behind one fetch (default DefaultUncacheableTTL, Varnish's
+	// hit-for-pass). Answers that depend on the request (its no-store or Authorization) and 5xx
+	// are not remembered.
+	UncacheableTTL time.Duration
 	// OnCacheFill runs once on every entry before it is stored from a full upstream response
 	// (not on a 304 refresh, which keeps the body and Compiled), so the edge can parse the page
 	// once and keep the result in Entry.Compiled. It must not modify Body or Header.
@@ -99,6 +106,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxIdleConnDuration <= 0 {
 		c.MaxIdleConnDuration = DefaultMaxIdleConnDuration
+	}
+	if c.UncacheableTTL <= 0 {
+		c.UncacheableTTL = DefaultUncacheableTTL
 	}
 	if c.MaxCacheableBodySize <= 0 {
 		c.MaxCacheableBodySize = DefaultMaxCacheableBodySize
