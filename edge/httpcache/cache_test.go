@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segedge/segedge/core/purge"
 )
 
 // hdr is a request header for tests.
@@ -314,5 +315,26 @@ func TestRememberUncacheable(t *testing.T) {
 	}
 	if _, st := c.Lookup("h", "/q", hdr{}); st != Miss {
 		t.Errorf("purge did not forget the uncacheable mark: %v", st)
+	}
+}
+
+func TestApplyAnInvalidationFromTheOrigin(t *testing.T) {
+	c := newCache(t, 1<<20, func() time.Time { return t0 })
+	for _, u := range []string{"/a", "/blog/1", "/blog/2", "/tagged", "/kept"} {
+		tags := "none"
+		if u == "/tagged" {
+			tags = "sale"
+		}
+		c.Store("shop.example", u, hdr{}, entry(200, u, "Cache-Control", "max-age=60", "Surrogate-Key", tags))
+	}
+	req, err := purge.Decode([]byte(`{"urls":["https://shop.example/a"],"prefixes":["/blog/"],"tags":["sale"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Apply(req); n != 4 {
+		t.Errorf("Apply removed %d entries, want 4", n)
+	}
+	if _, st := c.Lookup("shop.example", "/kept", hdr{}); st != Fresh {
+		t.Error("an entry the invalidation did not name was removed")
 	}
 }

@@ -3,6 +3,8 @@ package httpcache
 import (
 	"net/url"
 	"strings"
+
+	"github.com/segedge/segedge/core/purge"
 )
 
 // AddDependency records that the page at pageURI embeds the fragment at fragmentURI (both
@@ -140,4 +142,20 @@ func (c *Cache) InvalidateURI(host, uri string) int {
 	keys := c.keysOf(c.byURI[uri], prefix)
 	c.mu.Unlock()
 	return c.invalidate(keys, []string{uri})
+}
+
+// Apply carries out one invalidation from the origin (core/purge, stream INVALIDATE): every URL,
+// prefix and tag it names. It returns how many entries were removed.
+func (c *Cache) Apply(r *purge.Request) int {
+	n := 0
+	for _, u := range r.URLs {
+		n += c.PurgeURL(u)
+	}
+	for _, p := range r.Prefixes {
+		n += c.PurgePrefix(p)
+	}
+	for _, t := range r.Tags {
+		n += c.PurgeTag(t)
+	}
+	return n
 }
