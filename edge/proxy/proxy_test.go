@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/valyala/fasthttp"
 )
 
@@ -293,11 +294,38 @@ func TestUpstreamDownIs502AndTimeoutIs504(t *testing.T) {
 }
 
 func TestLargeBodyIsStreamed(t *testing.T) {
+	tests := []struct {
+		name          string
+		cached        bool
+		contentLength bool
+		cacheControl  string
+		maxGrowth     int64
+	}{
+		{name: "plain proxy", contentLength: true, maxGrowth: 8 << 20},
+		{name: "caching proxy, cacheable but over the size limit", cached: true, contentLength: true, cacheControl: "max-age=60", maxGrowth: 8 << 20},
+		{name: "caching proxy, not cacheable", cached: true, contentLength: true, maxGrowth: 8 << 20},
+		// Chunked and cacheable: up to MaxCacheableBodySize (1 MiB here) is read before the
+		// proxy knows it is too large, then the rest streams.
+		{name: "caching proxy, chunked, cacheable", cached: true, cacheControl: "max-age=60", maxGrowth: 10 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			streamBig(t, tt.cached, tt.contentLength, tt.cacheControl, tt.maxGrowth)
+		})
+	}
+}
+
+func streamBig(t *testing.T, cached, contentLength bool, cacheControl string, maxGrowth int64) {
 	const size = 20 << 20
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", fmt.Sprint(size))
+		if contentLength {
+			w.Header().Set("Content-Length", fmt.Sprint(size))
+		}
+		if cacheControl != "" {
+			w.Header().Set("Cache-Control", cacheControl)
+		}
 		for sent := 0; sent < size; sent += len(chunk) {
 			if _, err := w.Write(chunk); err != nil {
 				return
@@ -305,7 +333,15 @@ func TestLargeBodyIsStreamed(t *testing.T) {
 		}
 	}))
 	defer up.Close()
-	p, _ := newProxy(t, Config{Upstream: up.URL})
+	cfg := Config{Upstream: up.URL}
+	if cached {
+		c, err := httpcache.New(httpcache.Config{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Cache, cfg.MaxCacheableBodySize = c, 1<<20
+	}
+	p, _ := newProxy(t, cfg)
 	base := serveProxy(t, p)
 
 	runtime.GC()
@@ -347,7 +383,7 @@ func TestLargeBodyIsStreamed(t *testing.T) {
 	if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
 		t.Error("body differs")
 	}
-	if grew := int64(peak) - int64(before.HeapInuse); grew > 8<<20 {
+	if grew := int64(peak) - int64(before.HeapInuse); grew > maxGrowth {
 		t.Errorf("heap grew by %d MiB while proxying a 20 MiB body: not streamed", grew>>20)
 	}
 }
