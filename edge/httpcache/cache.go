@@ -3,6 +3,20 @@
 // stale-if-error, request coalescing, and purges by URL, URL prefix, surrogate key and
 // dependency (a fragment purge purges the pages that embed it). It knows nothing about sockets:
 // edge/proxy asks it what it has and tells it what to store.
+//
+// Policy, where RFC 9111 leaves a choice or a CDN customarily differs:
+//   - No heuristic freshness: a response is stored only with s-maxage, max-age or Expires, or
+//     with a validator when it must be revalidated on every use (no-cache, max-age=0).
+//   - Stored status codes: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501; never 206.
+//   - Responses with Set-Cookie are not stored (Varnish's default): storing them would hand one
+//     visitor's cookie to the next.
+//   - s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10), but an explicit
+//     stale-while-revalidate or stale-if-error from the same response is honoured;
+//     must-revalidate, proxy-revalidate and no-cache always forbid serving stale.
+//   - The request directives honoured are no-store, no-cache and max-age=0; max-stale and
+//     min-fresh are parsed but not applied (clients do not get to extend a site's staleness).
+//   - Keys are the Host header as sent (lower-cased, port included) plus the request URI
+//     exactly as sent: "/a?x=%2F" and "/a?x=/" are different entries.
 package httpcache
 
 import (
