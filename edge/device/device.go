@@ -13,6 +13,8 @@
 //     a browser is not recognised; that takes behaviour, not a header.
 package device
 
+import "unsafe"
+
 // Class is a device class.
 type Class uint8
 
@@ -58,7 +60,19 @@ var (
 	// checks all of them: at each position only the few tokens starting with that byte are
 	// compared. Built once at start-up and never modified.
 	byFirst = buildIndex()
+	// bigrams[c] has bit c2 set when some token starts with the bytes c, c2.
+	bigrams = buildBigrams()
 )
+
+func buildBigrams() *[256][4]uint64 {
+	var b [256][4]uint64
+	for _, l := range [][]string{botTokens, tabletTokens, mobileTokens, androidTokens} {
+		for _, t := range l {
+			b[t[0]][t[1]>>6] |= 1 << (t[1] & 63)
+		}
+	}
+	return &b
+}
 
 type found uint8
 
@@ -88,18 +102,24 @@ func buildIndex() *[256][]token {
 }
 
 // Classify returns the device class of a User-Agent header value. It does not allocate.
-func Classify(ua string) Class { return classify(ua) }
-
-// ClassifyBytes is Classify for a header value held as bytes (as fasthttp hands it out).
-func ClassifyBytes(ua []byte) Class { return classify(ua) }
-
-func classify[T string | []byte](ua T) Class {
+func Classify(ua string) Class {
 	if len(ua) == 0 {
 		return Bot
 	}
 	var f found
 	for i := 0; i < len(ua); i++ {
-		for _, t := range byFirst[lower(ua[i])] {
+		c := ua[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if i+1 >= len(ua) {
+			break // every token is at least two bytes long
+		}
+		c2 := lower(ua[i+1])
+		if bigrams[c][c2>>6]&(1<<(c2&63)) == 0 {
+			continue // no token starts with these two bytes: the common case
+		}
+		for _, t := range byFirst[c] {
 			if f&t.kind == 0 && hasPrefixFold(ua[i:], t.s) {
 				if t.kind == foundBot {
 					return Bot
@@ -119,6 +139,12 @@ func classify[T string | []byte](ua T) Class {
 	return Desktop
 }
 
+// ClassifyBytes is Classify for a header value held as bytes (as fasthttp hands it out). ua
+// is only read during the call.
+func ClassifyBytes(ua []byte) Class {
+	return Classify(unsafe.String(unsafe.SliceData(ua), len(ua)))
+}
+
 func lower(c byte) byte {
 	if 'A' <= c && c <= 'Z' {
 		return c + 'a' - 'A'
@@ -127,7 +153,7 @@ func lower(c byte) byte {
 }
 
 // hasPrefixFold reports whether b starts with the lower-case token t, ignoring ASCII case.
-func hasPrefixFold[T string | []byte](b T, t string) bool {
+func hasPrefixFold(b, t string) bool {
 	if len(b) < len(t) {
 		return false
 	}
