@@ -775,3 +775,46 @@ func TestCachedResponsesCarryADate(t *testing.T) {
 		}
 	}
 }
+
+func TestCoalescedRequestsGetTheirOwnVaryVariant(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		fixed(clk, 200, "lang="+r.Header.Get("Accept-Language"), "Cache-Control", "max-age=60", "Vary", "Accept-Language")(w, r)
+	})
+	cp := newCachingProxy(t, o, clk, Config{})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		lang := []string{"de", "en"}[i%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a := cp.get(t, "/page", "Accept-Language", lang); a.body != "lang="+lang {
+				t.Errorf("asked for %s, got %q (%s)", lang, a.body, a.cache)
+			}
+		}()
+	}
+	waitFor(t, func() bool { return o.hits.Load() > 0 })
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	for _, lang := range []string{"de", "en"} {
+		if a := cp.get(t, "/page", "Accept-Language", lang); a.cache != "HIT" || a.body != "lang="+lang {
+			t.Errorf("%s afterwards: %s %q, want a HIT of its own variant", lang, a.cache, a.body)
+		}
+	}
+}
+
+func TestPassedResponsesKeepTheirCookies(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Set-Cookie"] = []string{"a=1", "b=2"}
+		fixed(clk, 200, "v1", "Cache-Control", "max-age=60")(w, r)
+	})
+	cp := newCachingProxy(t, o, clk, Config{})
+	a := cp.get(t, "/page")
+	if c := a.header["Set-Cookie"]; a.cache != "PASS" || len(c) != 2 || c[0] != "a=1" || c[1] != "b=2" {
+		t.Errorf("%s with Set-Cookie %q; want PASS with both cookies", a.cache, c)
+	}
+}
