@@ -375,6 +375,23 @@ func waitExactlyOnce(t *testing.T, o *chaosOrigin, users []string, want map[stri
 	}
 }
 
+// counter reads an unlabelled counter from the origin's /metrics; -1 when absent.
+func counter(originURL, name string) float64 {
+	code, body := status(originURL + "/metrics")
+	if code != 200 {
+		return -1
+	}
+	for line := range strings.Lines(body) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
 func firstN(s []string, n int) []string {
 	if len(s) > n {
 		return append(s[:n:n], fmt.Sprintf("…%d more", len(s)-n))
@@ -430,6 +447,9 @@ func TestOriginKilledMidStreamLosesAndDoublesNothing(t *testing.T) {
 	// Events the killed process had pulled but not acknowledged come back after the consumer's
 	// AckWait (30s), so allow for it.
 	waitExactlyOnce(t, o, userIDs, s.Expected(), 45*time.Second)
+	// Redelivered events the killed process had already applied show up as duplicates here.
+	t.Logf("second origin: %.0f events applied, %.0f redelivered events recognised as already applied",
+		counter(o.url(), "segedge_origin_events_applied_total"), counter(o.url(), "segedge_origin_events_duplicate_total"))
 	if code, took := second.stop(10 * time.Second); code != 0 {
 		t.Errorf("second origin exited %d after SIGTERM (%s)", code, took)
 	}
@@ -602,6 +622,9 @@ func TestOriginRidesOutRedisOutage(t *testing.T) {
 		t.Fatalf("accepted %d distinct events, want all %d", got, events)
 	}
 	waitExactlyOnce(t, o, userIDs, s.Expected(), 30*time.Second)
+	t.Logf("origin: %.0f events applied, %.0f redelivered events recognised as already applied, %.0f failed profile updates retried",
+		counter(o.url(), "segedge_origin_events_applied_total"), counter(o.url(), "segedge_origin_events_duplicate_total"),
+		counter(o.url(), "segedge_origin_profile_update_failures_total"))
 	if code, took := origin.stop(10 * time.Second); code != 0 {
 		t.Errorf("origin exited %d after SIGTERM (%s)", code, took)
 	}
