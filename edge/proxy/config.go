@@ -40,8 +40,10 @@ type Config struct {
 
 	// ConnectTimeout bounds dialling the upstream (default DefaultConnectTimeout); exceeding it is a 504.
 	ConnectTimeout time.Duration
-	// ReadTimeout bounds reading the upstream's response (default DefaultReadTimeout); exceeding it
-	// before the response headers arrive is a 504.
+	// ReadTimeout bounds each wait for data from the upstream, like nginx's proxy_read_timeout:
+	// not the whole response, so a large body streamed to a slow client is not cut off (default
+	// DefaultReadTimeout). No response headers within it is a 504; a body that stalls that long
+	// is cut off.
 	ReadTimeout time.Duration
 	// WriteTimeout bounds writing the request to the upstream (default DefaultWriteTimeout).
 	WriteTimeout time.Duration
@@ -155,9 +157,14 @@ func newUpstream(raw string, c *Config) (*upstream, error) {
 		Addr:  addr,
 		IsTLS: u.Scheme == "https",
 		DialTimeout: func(addr string, _ time.Duration) (net.Conn, error) {
-			return fasthttp.DialTimeout(addr, connect)
+			conn, err := fasthttp.DialTimeout(addr, connect)
+			if err != nil {
+				return nil, err
+			}
+			return &idleReadConn{Conn: conn, idle: c.ReadTimeout}, nil
 		},
-		ReadTimeout:                   c.ReadTimeout,
+		// No ReadTimeout here: fasthttp's is a deadline for the whole response; idleReadConn
+		// applies Config.ReadTimeout to each read instead.
 		WriteTimeout:                  c.WriteTimeout,
 		MaxConns:                      c.MaxConnsPerUpstream,
 		MaxIdleConnDuration:           c.MaxIdleConnDuration,
@@ -175,3 +182,22 @@ func hostOnly(h string) string {
 	}
 	return strings.ToLower(h)
 }
+
+// idleReadConn gives every Read its own deadline, idle from now, and ignores the absolute read
+// deadlines its user sets: the upstream connection times out when it stalls, not when a long
+// response is still flowing.
+type idleReadConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleReadConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *idleReadConn) SetReadDeadline(time.Time) error { return nil }
+
+func (c *idleReadConn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }

@@ -515,3 +515,26 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestReadTimeoutIsBetweenReadsNotForTheWholeBody(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		for range 10 { // 1s in all, never 300ms without a byte
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	defer up.Close()
+	p, _ := newProxy(t, Config{Upstream: up.URL, ReadTimeout: 300 * time.Millisecond})
+	base := serveProxy(t, p)
+	resp, err := client.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "xxxxxxxxxx" {
+		t.Errorf("slow but steady body: %q, %v", b, err)
+	}
+}
