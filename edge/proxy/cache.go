@@ -78,11 +78,17 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 	case err != nil: // the server is shutting down while we waited
 		p.fail(ctx, fasthttp.StatusServiceUnavailable, "service unavailable\n")
 	default:
-		result := httpcache.Hit
-		if !got.Fresh(p.cfg.Now()) {
-			result = httpcache.StaleResult
+		// (now is when we arrived: a response the upstream sent after that answers us even if
+		// it must be revalidated on every use, like no-cache.)
+		switch later := p.cfg.Now(); {
+		case got.Fresh(later) || !got.ResponseTime.Before(now):
+			p.serve(ctx, got, httpcache.Hit)
+		case got.WithinStaleIfError(later):
+			p.serve(ctx, got, httpcache.StaleResult) // the leader's fetch failed
+		default:
+			// A flight that began before us brought an answer already stale for us.
+			p.finish(ctx, p.fetch(up, req, host, uri, got))
 		}
-		p.serve(ctx, got, result)
 	}
 }
 

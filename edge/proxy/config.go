@@ -45,7 +45,9 @@ type Config struct {
 	// DefaultReadTimeout). No response headers within it is a 504; a body that stalls that long
 	// is cut off.
 	ReadTimeout time.Duration
-	// WriteTimeout bounds writing the request to the upstream (default DefaultWriteTimeout).
+	// WriteTimeout bounds each write of the request to the upstream (default
+	// DefaultWriteTimeout), like ReadTimeout: a large upload from a slow client is not cut off
+	// while it keeps flowing.
 	WriteTimeout time.Duration
 	// MaxRequestBodySize rejects requests whose Content-Length is larger with 413 before they reach
 	// the upstream (default DefaultMaxRequestBodySize). Chunked request bodies are bounded by the
@@ -161,11 +163,10 @@ func newUpstream(raw string, c *Config) (*upstream, error) {
 			if err != nil {
 				return nil, err
 			}
-			return &idleReadConn{Conn: conn, idle: c.ReadTimeout}, nil
+			return &idleConn{Conn: conn, readIdle: c.ReadTimeout, writeIdle: c.WriteTimeout}, nil
 		},
-		// No ReadTimeout here: fasthttp's is a deadline for the whole response; idleReadConn
-		// applies Config.ReadTimeout to each read instead.
-		WriteTimeout:                  c.WriteTimeout,
+		// No ReadTimeout or WriteTimeout here: fasthttp's are deadlines for the whole response
+		// or request; idleConn applies Config's to each read and write instead.
 		MaxConns:                      c.MaxConnsPerUpstream,
 		MaxIdleConnDuration:           c.MaxIdleConnDuration,
 		ReadBufferSize:                c.MaxResponseHeaderSize,
@@ -183,21 +184,28 @@ func hostOnly(h string) string {
 	return strings.ToLower(h)
 }
 
-// idleReadConn gives every Read its own deadline, idle from now, and ignores the absolute read
+// idleConn gives every Read and Write its own deadline, idle from now, and ignores the absolute
 // deadlines its user sets: the upstream connection times out when it stalls, not when a long
-// response is still flowing.
-type idleReadConn struct {
+// response or upload is still flowing.
+type idleConn struct {
 	net.Conn
-	idle time.Duration
+	readIdle, writeIdle time.Duration
 }
 
-func (c *idleReadConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+func (c *idleConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.readIdle)); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)
 }
 
-func (c *idleReadConn) SetReadDeadline(time.Time) error { return nil }
+func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.writeIdle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
 
-func (c *idleReadConn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+func (c *idleConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *idleConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *idleConn) SetDeadline(time.Time) error      { return nil }
