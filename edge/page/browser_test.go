@@ -54,6 +54,18 @@ var structuralDocuments = []struct {
 	{`<div data-seg-slot="w"><span>a<div>b</span>c</div></div>`, "<span>a<div>b</span>c</div>"},
 	{`<div data-seg-slot="w"><ul><li>a</div></li></ul></div>`, "<ul><li>a"},
 	{`<div data-seg-slot="w"><object><div>x</object></div>`, "<object><div>x</object>"},
+	{`<p data-seg-slot="w">a<svg><div>b</div></svg>c</p>`, ""},
+	{`<div data-seg-slot="w">a<svg><p>b</p></svg>c</div>`, "a<svg><p>b</p></svg>c"},
+	{`<div data-seg-slot="w">a<svg><g><p>b</g></svg>c</div>`, "a<svg><g><p>b</g></svg>c"},
+	{`<p data-seg-slot="w">a<svg><foreignObject><div>b</div></foreignObject></svg>c</p>`,
+		"a<svg><foreignObject><div>b</div></foreignObject></svg>c"},
+	{`<svg><g data-seg-slot="w"><p>b</p></g></svg>`, ""},
+	{`<svg><g data-seg-slot="w"><path d="M0"/><foreignObject><p>b</p></foreignObject></g></svg>`,
+		`<path d="M0"/><foreignObject><p>b</p></foreignObject>`},
+	{`<div data-seg-slot="w"><math><mi><p>x</p></mi></math></div>`, "<math><mi><p>x</p></mi></math>"},
+	{`<div data-seg-slot="w"><svg><title><p>x</p></title><style>a<b>c</style></svg></div>`,
+		"<svg><title><p>x</p></title><style>a<b>c</style></svg>"},
+	{`<div data-seg-slot="w"><svg><![CDATA[</div>]]></svg></div>`, "<svg><![CDATA[</div>]]></svg>"},
 }
 
 // TestSlotsAreWhatABrowserSees checks slots against the HTML parser x/net/html implements

@@ -28,10 +28,11 @@
 //     </div> inside a table cell inside the slot) is ignored, as a browser ignores it; a
 //     mis-nested formatting end tag (<b>x<div>y</b>) closes only the <b>. The slot ends at
 //     the end tag that closes its own element.
-//   - An end tag inside a slot that matches nothing opened inside it would, in a browser,
-//     close an element outside the slot; such a slot is dropped. Stray </br> is the exception
-//     (a browser reads it as <br>), and so is a stray </p> in a slot element that cannot sit
-//     inside a <p> (a browser makes an empty <p> of it).
+//   - An end tag inside a slot that matches nothing opened inside it, and that a browser
+//     would not ignore there, would close an element outside the slot; such a slot is
+//     dropped. (A browser ignores a stray </span> in a <div>: its search stops at the div.)
+//     Stray </br> is read as <br>, and a stray </p> in a slot element that cannot sit inside
+//     a <p> makes an empty <p>; neither closes anything.
 //   - A start tag that makes a browser close the slot's element before its end tag (HTML's
 //     implied end tags: <p data-seg-slot=x>a<div>, <li data-seg-slot=x>a<li>, a heading in a
 //     heading, a cell in a cell, ...) drops the slot: the browser's slot would end there, so
@@ -48,10 +49,12 @@
 //   - An element carrying data-seg-slot="" (empty name) is not a slot, and a slot with more
 //     than MaxDepth elements nested inside it is dropped.
 //   - Inside <svg> and <math> the tokenizer is told that raw-text elements such as <title> and
-//     <style> hold markup and that CDATA sections are allowed, as in an HTML parser's foreign
-//     content. This is an approximation of the tree builder (it does not model HTML elements
-//     breaking out of foreign content), which can only cause a slot to be dropped or missed,
-//     never the rest of the page to change.
+//     <style> hold markup and that CDATA sections are allowed, and inside integration points
+//     (<foreignObject>, <mi>, ...) that content is HTML again, as in a browser. An HTML start
+//     tag such as <div> in SVG ends the SVG, as in a browser; a slot whose own element is
+//     ended that way is dropped. Outside slots this tracking is approximate (an unclosed <svg>
+//     is only closed by </svg>), which can only cause a slot to be dropped or missed, never
+//     the rest of the page to change.
 //
 // Tests and a fuzz target check these rules against the x/net/html tree builder (which follows
 // the HTML standard browsers implement): for each slot found in the shared corpus, the tables

@@ -144,22 +144,36 @@ func isSpecial(a atom.Atom) bool {
 }
 
 // endTagStopsAt reports whether a browser, looking down the stack of open elements for the
-// element an end tag a closes, gives up at element e, ignoring the end tag. End tags of
-// elements with "in scope" rules (</div>, </li>, </p>, </td>, ...) stop at scope boundaries
-// (a <div> outside a <table> cannot be closed from inside its cells); any other end tag
-// (</span>, </b>, custom elements) stops at the first special element.
+// element an end tag a closes, gives up at element e, ignoring the end tag. End tags with
+// "in scope" rules (</div>, </li>, </p>, </td>, formatting elements, ...) stop at scope
+// boundaries (a <div> outside a <table> cannot be closed from inside its cells); any other
+// end tag (</span>, </style>, custom elements) stops at the first special element.
 func endTagStopsAt(a, e atom.Atom) bool {
 	switch {
 	case a == atom.P:
 		return isButtonScopeBoundary(e)
 	case a == atom.Li:
 		return isScopeBoundary(e) || e == atom.Ol || e == atom.Ul
-	case a == atom.Tr || a == atom.Tbody || a == atom.Thead || a == atom.Tfoot || a == atom.Table:
+	case isTablePart(a) || a == atom.Table:
 		return e == atom.Table || e == atom.Template || e == atom.Html
-	case isSpecial(a) || isFormatting(a):
+	case hasScopedEndTag(a) || isFormatting(a):
 		return isScopeBoundary(e)
 	}
 	return isSpecial(e)
+}
+
+// hasScopedEndTag: elements whose end tag, in the body, closes them only if they are in scope.
+func hasScopedEndTag(a atom.Atom) bool {
+	switch a {
+	case atom.Address, atom.Article, atom.Aside, atom.Blockquote, atom.Button, atom.Center,
+		atom.Details, atom.Dialog, atom.Dir, atom.Div, atom.Dl, atom.Fieldset, atom.Figcaption,
+		atom.Figure, atom.Footer, atom.Header, atom.Hgroup, atom.Listing, atom.Main, atom.Menu,
+		atom.Nav, atom.Ol, atom.Pre, atom.Search, atom.Section, atom.Summary, atom.Ul, atom.Form,
+		atom.Dd, atom.Dt, atom.H1, atom.H2, atom.H3, atom.H4, atom.H5, atom.H6, atom.Applet,
+		atom.Marquee, atom.Object, atom.Body, atom.Html, atom.Template:
+		return true
+	}
+	return false
 }
 
 // isFormatting: HTML's formatting elements, whose end tags run the adoption agency algorithm.
@@ -168,6 +182,32 @@ func isFormatting(a atom.Atom) bool {
 	case atom.A, atom.B, atom.Big, atom.Code, atom.Em, atom.Font, atom.I, atom.Nobr, atom.S,
 		atom.Small, atom.Strike, atom.Strong, atom.Tt, atom.U:
 		return true
+	}
+	return false
+}
+
+// isBreakout: HTML start tags that end SVG or MathML content (the tree builder's "breakout"
+// list; <font> with color, face or size attributes also breaks out, and is not modelled).
+func isBreakout(a atom.Atom) bool {
+	switch a {
+	case atom.B, atom.Big, atom.Blockquote, atom.Body, atom.Br, atom.Center, atom.Code, atom.Dd,
+		atom.Div, atom.Dl, atom.Dt, atom.Em, atom.Embed, atom.H1, atom.H2, atom.H3, atom.H4, atom.H5,
+		atom.H6, atom.Head, atom.Hr, atom.I, atom.Img, atom.Li, atom.Listing, atom.Menu, atom.Meta,
+		atom.Nobr, atom.Ol, atom.P, atom.Pre, atom.Ruby, atom.S, atom.Small, atom.Span, atom.Strong,
+		atom.Strike, atom.Sub, atom.Sup, atom.Table, atom.Tt, atom.U, atom.Ul, atom.Var:
+		return true
+	}
+	return false
+}
+
+// isIntegrationPoint reports whether element a inside root (<svg> or <math>) holds HTML:
+// <foreignObject>, <desc> and <title> in SVG, <mi>, <mo>, <mn>, <ms> and <mtext> in MathML.
+func isIntegrationPoint(root, a atom.Atom) bool {
+	switch root {
+	case atom.Svg:
+		return a == atom.Foreignobject || a == atom.Desc || a == atom.Title
+	case atom.Math:
+		return a == atom.Mi || a == atom.Mo || a == atom.Mn || a == atom.Ms || a == atom.Mtext
 	}
 	return false
 }

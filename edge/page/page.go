@@ -70,15 +70,33 @@ type openSlot struct {
 // elem is an element open inside a slot. name is the lower-cased tag name; a its atom (0 for
 // names HTML does not know).
 type elem struct {
-	a    atom.Atom
-	name string
+	a       atom.Atom
+	name    string
+	foreign bool // an SVG or MathML element
+	ip      bool // an HTML integration point (<foreignObject>, <mi>, ...)
+	frame   bool // opening it pushed a frame (see compiler.frames)
 }
 
 type compiler struct {
-	p       *Page
-	open    *openSlot
-	foreign int // how many <svg>/<math> elements are open (approximately: start minus end tags)
-	name    []byte
+	p    *Page
+	open *openSlot
+	// frames tracks SVG and MathML content: a frame per open <svg> or <math> and per HTML
+	// integration point inside them (<foreignObject>, <mi>, ...), whose content is HTML again.
+	// Outside slots it is approximate (only these elements are tracked); it decides how the
+	// tokenizer reads raw-text elements and CDATA, and whether HTML's implied end tags apply.
+	frames []frame
+	name   []byte
+}
+
+type frame struct {
+	a  atom.Atom
+	ip bool // an HTML integration point
+}
+
+// inForeign reports whether the current position is SVG or MathML content.
+func (c *compiler) inForeign() bool {
+	n := len(c.frames)
+	return n > 0 && !c.frames[n-1].ip
 }
 
 func (c *compiler) run() {
@@ -109,24 +127,42 @@ func (c *compiler) run() {
 func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int) {
 	raw := c.p.body[start:end]
 	a, rawName := c.tagName(raw)
-	inForeign := c.foreign > 0
-	if (a == atom.Svg || a == atom.Math) && !selfClosing {
-		c.foreign++
+	foreign := c.inForeign()
+	if foreign && isBreakout(a) {
+		// An HTML start tag such as <div> or <p> in SVG or MathML (outside an integration
+		// point) ends the foreign content: a browser closes the foreign elements and reads
+		// the tag as HTML.
+		c.leaveForeign()
+		foreign = false
 	}
-	if c.foreign > 0 {
-		// In foreign content <title>, <style> etc. hold markup, and CDATA sections exist.
-		z.NextIsNotRawText()
-		z.AllowCDATA(true)
+	isForeignElem := foreign || a == atom.Svg || a == atom.Math
+	e := elem{a: a, foreign: isForeignElem}
+	if !selfClosing {
+		switch {
+		case a == atom.Svg || a == atom.Math:
+			c.frames = append(c.frames, frame{a: a})
+			e.frame = true
+		case foreign && isIntegrationPoint(c.frames[len(c.frames)-1].a, a):
+			c.frames = append(c.frames, frame{a: a, ip: true})
+			e.frame, e.ip = true, true
+		}
 	}
+	if isForeignElem {
+		z.NextIsNotRawText() // a foreign <title> or <style> holds markup, not text
+	}
+	z.AllowCDATA(c.inForeign())
 	// A self-closing tag only closes itself in foreign content; in HTML, <span/> opens a span.
-	opens := !isVoid(a) && !(selfClosing && inForeign)
+	opens := !isVoid(a)
+	if isForeignElem {
+		opens = !selfClosing
+	}
 
 	name, isSlot := "", false
 	if containsFold(raw, SlotAttr) { // cheap filter before asking the tokenizer for attributes
 		name, isSlot = slotName(z)
 	}
 	if o := c.open; o != nil {
-		if !inForeign && o.impliedClose(a) {
+		if !foreign && o.impliedClose(a) {
 			c.drop(o.name, o.offset, fmt.Sprintf("a <%s> inside its <%s> would close the <%s> in a browser",
 				a, o.stack[0].name, o.stack[0].name))
 			c.open = nil
@@ -141,7 +177,8 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 				c.open = nil
 				return
 			}
-			o.stack = append(o.stack, elem{a, tagString(a, rawName)})
+			e.name = tagString(a, rawName)
+			o.stack = append(o.stack, e)
 		}
 		return
 	}
@@ -151,47 +188,69 @@ func (c *compiler) startTag(z *html.Tokenizer, selfClosing bool, start, end int)
 	switch {
 	case name == "":
 		c.drop(name, start, "empty slot name")
-	case isVoid(a):
+	case isVoid(a) && !isForeignElem:
 		c.drop(name, start, "void element has no content")
 	case selfClosing:
 		c.drop(name, start, "self-closing element has no content")
 	default:
-		c.open = &openSlot{name: name, offset: start, inner: end, stack: []elem{{a, tagString(a, rawName)}}}
+		e.name = tagString(a, rawName)
+		c.open = &openSlot{name: name, offset: start, inner: end, stack: []elem{e}}
 	}
 }
 
-func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
-	a, rawName := c.tagName(c.p.body[start:end])
-	inForeign := c.foreign > 0
-	if (a == atom.Svg || a == atom.Math) && c.foreign > 0 {
-		c.foreign--
-		if c.foreign == 0 {
-			z.AllowCDATA(false)
-		}
+// leaveForeign closes the SVG and MathML elements up to the nearest integration point, as a
+// browser does on an HTML start tag in foreign content; inside a slot it closes them there
+// too, and drops the slot if its own element is one of them.
+func (c *compiler) leaveForeign() {
+	for n := len(c.frames); n > 0 && !c.frames[n-1].ip; n = len(c.frames) {
+		c.frames = c.frames[:n-1]
 	}
 	o := c.open
 	if o == nil {
+		return
+	}
+	i := len(o.stack)
+	for i > 0 && o.stack[i-1].foreign && !o.stack[i-1].ip {
+		i--
+	}
+	if i == 0 {
+		c.drop(o.name, o.offset, "an HTML element inside it ends the SVG or MathML its element belongs to")
+		c.open = nil
+		return
+	}
+	o.stack = o.stack[:i]
+}
+
+func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
+	defer func() { z.AllowCDATA(c.inForeign()) }()
+	a, rawName := c.tagName(c.p.body[start:end])
+	foreign := c.inForeign()
+	o := c.open
+	if o == nil {
+		c.closeFrame(a)
 		return
 	}
 	name := tagString(a, rawName)
 	for i := len(o.stack) - 1; i >= 0; i-- {
 		e := o.stack[i]
 		if e.name == name {
-			if i > 0 && isFormatting(a) && hasAny(o.stack[i+1:], isSpecial) {
+			if i > 0 && isFormatting(a) && !e.foreign && hasAny(o.stack[i+1:], isSpecial) {
 				// Mis-nested formatting (<b>x<div>y</b>): the adoption agency algorithm
 				// closes the <b> but keeps the <div> open.
 				o.stack = append(o.stack[:i], o.stack[i+1:]...)
 				return
 			}
-			o.stack = o.stack[:i]
+			c.popTo(o, i)
 			if i == 0 {
 				c.p.addOccurrence(o.name, o.inner, start)
 				c.open = nil
 			}
 			return
 		}
-		if i > 0 && !inForeign && endTagStopsAt(a, e.a) {
-			return // a browser ignores this end tag: what it would close is out of scope
+		if !foreign && endTagStopsAt(a, e.a) {
+			// A browser ignores this end tag: what it would close is out of scope (which also
+			// means that it cannot close anything outside the slot).
+			return
 		}
 	}
 	// The end tag matches nothing opened inside the slot.
@@ -205,6 +264,33 @@ func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	}
 	c.drop(o.name, o.offset, fmt.Sprintf("</%s> inside it closes an element opened outside it", name))
 	c.open = nil
+	c.closeFrame(a)
+}
+
+// popTo closes the elements o.stack[i:], and the SVG/MathML frames they opened.
+func (c *compiler) popTo(o *openSlot, i int) {
+	for j := len(o.stack) - 1; j >= i; j-- {
+		if e := o.stack[j]; e.frame {
+			if n := len(c.frames); n > 0 && c.frames[n-1].a == e.a {
+				c.frames = c.frames[:n-1]
+			}
+		}
+	}
+	o.stack = o.stack[:i]
+}
+
+// closeFrame handles an end tag outside any slot: </svg> or </math> closes the innermost
+// frame of that name and those opened after it; the end tag of an integration point closes it.
+func (c *compiler) closeFrame(a atom.Atom) {
+	for i := len(c.frames) - 1; i >= 0; i-- {
+		if f := c.frames[i]; f.a == a {
+			c.frames = c.frames[:i]
+			return
+		}
+		if a != atom.Svg && a != atom.Math {
+			return // only the innermost frame can be closed by an integration point's end tag
+		}
+	}
 }
 
 func (c *compiler) drop(name string, offset int, reason string) {
