@@ -224,34 +224,31 @@ func (c *compiler) leaveForeign() {
 func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	defer func() { z.AllowCDATA(c.inForeign()) }()
 	a, rawName := c.tagName(c.p.body[start:end])
-	foreign := c.inForeign()
 	o := c.open
 	if o == nil {
 		c.closeFrame(a)
 		return
 	}
 	name := tagString(a, rawName)
-	for i := len(o.stack) - 1; i >= 0; i-- {
+	// End tags follow the foreign-content rules when the current node is an SVG or MathML
+	// element (integration points included), HTML's otherwise.
+	if i, ok := o.findEnd(a, name, o.stack[len(o.stack)-1].foreign); ok {
+		if i < 0 {
+			return // a browser ignores this end tag (which also means it closes nothing outside)
+		}
 		e := o.stack[i]
-		if e.name == name {
-			if i > 0 && isFormatting(a) && !e.foreign && hasAny(o.stack[i+1:], isSpecial) {
-				// Mis-nested formatting (<b>x<div>y</b>): the adoption agency algorithm
-				// closes the <b> but keeps the <div> open.
-				o.stack = append(o.stack[:i], o.stack[i+1:]...)
-				return
-			}
-			c.popTo(o, i)
-			if i == 0 {
-				c.p.addOccurrence(o.name, o.inner, start)
-				c.open = nil
-			}
+		if i > 0 && isFormatting(a) && !e.foreign && hasAny(o.stack[i+1:], isSpecial) {
+			// Mis-nested formatting (<b>x<div>y</b>): the adoption agency algorithm closes
+			// the <b> but keeps the <div> open.
+			o.stack = append(o.stack[:i], o.stack[i+1:]...)
 			return
 		}
-		if !foreign && endTagStopsAt(a, e.a) {
-			// A browser ignores this end tag: what it would close is out of scope (which also
-			// means that it cannot close anything outside the slot).
-			return
+		c.popTo(o, i)
+		if i == 0 {
+			c.p.addOccurrence(o.name, o.inner, start)
+			c.open = nil
 		}
+		return
 	}
 	// The end tag matches nothing opened inside the slot.
 	switch {
@@ -265,6 +262,39 @@ func (c *compiler) endTag(z *html.Tokenizer, start, end int) {
 	c.drop(o.name, o.offset, fmt.Sprintf("</%s> inside it closes an element opened outside it", name))
 	c.open = nil
 	c.closeFrame(a)
+}
+
+// findEnd finds the element inside the slot that end tag a closes, as a browser does: in
+// SVG/MathML first among the foreign elements on top (by name); otherwise, or once it reaches
+// an HTML element, by HTML's rules, where foreign elements never match and integration points
+// bound the search. It returns the element's index, or -1 with ok when a browser ignores the
+// end tag there; ok is false when the end tag matches nothing inside the slot and is not
+// ignored, so it would close something outside.
+func (o *openSlot) findEnd(a atom.Atom, name string, foreign bool) (int, bool) {
+	if foreign {
+		for i := len(o.stack) - 1; i >= 0 && o.stack[i].foreign; i-- {
+			if o.stack[i].name == name {
+				return i, true
+			}
+			if i == 0 {
+				return 0, false // every element in the slot is foreign: it continues outside
+			}
+		}
+	}
+	for i := len(o.stack) - 1; i >= 0; i-- {
+		e := o.stack[i]
+		switch {
+		case e.foreign && e.ip:
+			return -1, true // integration points are special and bound every scope
+		case e.foreign:
+			// SVG and MathML elements neither match nor stop HTML end tags.
+		case e.name == name:
+			return i, true
+		case endTagStopsAt(a, e.a):
+			return -1, true
+		}
+	}
+	return 0, false
 }
 
 // popTo closes the elements o.stack[i:], and the SVG/MathML frames they opened.
