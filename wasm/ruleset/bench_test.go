@@ -1,0 +1,175 @@
+package ruleset
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/rules"
+)
+
+// realisticFile is a ruleset of n segments mixing what real rulesets use: traits, windowed
+// counts and sums, decayed scores, request context (interned comparisons, path prefixes,
+// hour, bucket, query parameters) and references to earlier segments.
+func realisticFile(n int) *rules.File {
+	f := &rules.File{Scores: []rules.ScoreDef{
+		{Name: "engagement", HalfLife: 7 * 24 * time.Hour, Weights: map[string]float64{"page_view": 1, "add_to_cart": 5}},
+		{Name: "loyalty", HalfLife: 30 * 24 * time.Hour, Weights: map[string]float64{"purchase_completed": 10}},
+	}}
+	countries := []string{`"DE"`, `"AT"`, `"CH"`, `"FR"`, `"US"`}
+	windows := []string{"30m", "1h", "24h", "7d"}
+	for i := range n {
+		var r string
+		switch i % 10 {
+		case 0:
+			r = fmt.Sprintf(`score("engagement") > %d.0`, 10+i)
+		case 1:
+			r = fmt.Sprintf(`count("add_to_cart", %q) > %d && count("purchase_completed", %q) == 0`, windows[i%4], i%3, windows[i%4])
+		case 2:
+			r = fmt.Sprintf(`request.country == %s && request.device == "mobile" && segment("s%d")`, countries[i%5], i-2)
+		case 3:
+			r = fmt.Sprintf(`trait("plan") in ["pro", "team"] || sum("purchase_completed", "amount", %q) >= %d.0`, windows[i%4], 50*i)
+		case 4:
+			r = fmt.Sprintf(`request.path.startsWith("/shop") && request.hour >= %d`, i%24)
+		case 5:
+			r = fmt.Sprintf(`trait("age") >= %d && score("loyalty") > %d.5`, 18+i%20, i)
+		case 6:
+			r = fmt.Sprintf(`request.bucket < %d && !segment("s%d")`, i%100, i-5)
+		case 7:
+			r = fmt.Sprintf(`request.query("utm_source") == "newsletter" || since("page_view") < %d`, 60*i)
+		case 8:
+			r = fmt.Sprintf(`count("page_view", %q) * 2 + count("add_to_cart", %q) > %d`, windows[(i+1)%4], windows[i%4], i)
+		default:
+			r = fmt.Sprintf(`segment("s%d") && segment("s%d") && request.country in [%s, %s]`, i-1, i-8, countries[i%5], countries[(i+1)%5])
+		}
+		f.Segments = append(f.Segments, rules.SegmentDef{Name: fmt.Sprintf("s%d", i), Rule: r})
+	}
+	f.Slots = []rules.SlotDef{{Name: "hero", Variants: []rules.VariantDef{{When: "s1", HTML: "a"}, {When: "s0", HTML: "b"}}}}
+	return f
+}
+
+func realisticProfile() testProfile {
+	p := testProfile{
+		{Kind: profile.FeatureTrait, Name: "plan"}:       profile.StringValue("pro"),
+		{Kind: profile.FeatureTrait, Name: "age"}:        profile.IntValue(34),
+		{Kind: profile.FeatureScore, Name: "engagement"}: profile.DoubleValue(57.5),
+		{Kind: profile.FeatureScore, Name: "loyalty"}:    profile.DoubleValue(12),
+		{Kind: profile.FeatureSince, Name: "page_view"}:  profile.IntValue(300),
+	}
+	for _, w := range []time.Duration{30 * time.Minute, time.Hour, 24 * time.Hour, 7 * 24 * time.Hour} {
+		p[profile.Feature{Kind: profile.FeatureCount, Name: "add_to_cart", Window: w}] = profile.IntValue(2)
+		p[profile.Feature{Kind: profile.FeatureCount, Name: "page_view", Window: w}] = profile.IntValue(17)
+		p[profile.Feature{Kind: profile.FeatureSum, Name: "purchase_completed", Prop: "amount", Window: w}] = profile.DoubleValue(120)
+	}
+	return p
+}
+
+func realisticRequest() *testRequest {
+	return &testRequest{path: "/shop/shoes/42", country: "DE", device: "mobile", hour: 20, bucket: 37,
+		query: map[string]string{"utm_source": "newsletter"}}
+}
+
+// BenchmarkEval: one evaluation of a 100-segment ruleset for one user and request. wasm is
+// EncodeInput + one sandboxed call + decoding; celgo is cel-go running the same 100 rules
+// (with the same bindings and input values) natively.
+func BenchmarkEval(b *testing.B) {
+	rs, err := rules.Compile(realisticFile(100))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	prof, req, now := realisticProfile(), realisticRequest(), time.Now()
+	b.Run("wasm", func(b *testing.B) {
+		rt := newRuntime(b)
+		ev, err := Load(ctx, rt, "bench", rs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ev.Close()
+		res := ev.NewResult()
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := ev.Evaluate(ctx, prof, req, now, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("celgo", func(b *testing.B) {
+		ref, err := rules.NewReference(&rs.Manifest)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res := rs.Manifest.NewResult()
+		b.ReportAllocs()
+		for b.Loop() {
+			ref.Evaluate(prof, req, now, res)
+		}
+	})
+}
+
+// BenchmarkCompile1000: compiling a 1,000-segment ruleset (parse, check, generate) and
+// loading it into the sandbox (wazero compiles it to machine code).
+func BenchmarkCompile1000(b *testing.B) {
+	f := realisticFile(1000)
+	b.Run("compile", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := rules.Compile(f); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("compile+load", func(b *testing.B) {
+		rt := newRuntime(b)
+		ctx := context.Background()
+		for i := 0; b.Loop(); i++ {
+			rs, err := rules.Compile(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ev, err := Load(ctx, rt, fmt.Sprintf("c%d", i), rs)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ev.Close()
+		}
+	})
+}
+
+// TestRealisticAgrees: the benchmark ruleset gives the same answers both ways, and the
+// wasm path allocates nothing.
+func TestRealisticAgrees(t *testing.T) {
+	rs, err := rules.Compile(realisticFile(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ev, err := Load(ctx, newRuntime(t), "real", rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	ref, _ := rules.NewReference(&rs.Manifest)
+	prof, req, now := realisticProfile(), realisticRequest(), time.Now()
+	got, want := ev.NewResult(), ev.NewResult()
+	if err := ev.Evaluate(ctx, prof, req, now, got); err != nil {
+		t.Fatal(err)
+	}
+	ref.Evaluate(prof, req, now, want)
+	members := 0
+	for i := range rs.Manifest.Segments {
+		if got.IsMember(i) != want.IsMember(i) || got.IsError(i) != want.IsError(i) {
+			t.Errorf("segment %s: wasm %v/%v cel-go %v/%v", rs.Manifest.Segments[i].Name, got.IsMember(i), got.IsError(i), want.IsMember(i), want.IsError(i))
+		}
+		if got.IsMember(i) {
+			members++
+		}
+	}
+	if members == 0 || members == 100 {
+		t.Errorf("%d members: the benchmark ruleset should be mixed", members)
+	}
+	if n := testing.AllocsPerRun(200, func() { _ = ev.Evaluate(ctx, prof, req, now, got) }); n != 0 {
+		t.Errorf("Evaluate: %v allocs per run", n)
+	}
+}
