@@ -130,6 +130,7 @@ type summary struct {
 	ProfileP999     float64 `json:"profile_p999_ms"`
 	ProfileP99Over  bool    `json:"profile_p99_over,omitempty"`
 	Drained         bool    `json:"drained"`
+	AppliedPerSec   float64 `json:"applied_per_s"` // by the origin over run and drain`
 	DrainSeconds    float64 `json:"drain_s"`
 	ProfileMeasured string  `json:"profile_measured"`
 	// CPU time per accepted event, in microseconds, over the run and the drain: the origin's
@@ -276,6 +277,10 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		}
 		sum.DrainSeconds = time.Since(t1).Seconds()
 		fmt.Fprintf(out, "origin backlog drained %v, %.1fs after the last send\n", sum.Drained, sum.DrainSeconds)
+		// When a backlog formed, this is the most the engine applied per second.
+		applied := after["segedge_origin_events_applied_total"] - before["segedge_origin_events_applied_total"]
+		sum.AppliedPerSec = applied / (elapsed.Seconds() + sum.DrainSeconds)
+		fmt.Fprintf(out, "origin applied %.0f events in %.1fs of run and drain: %.0f/s\n", applied, elapsed.Seconds()+sum.DrainSeconds, sum.AppliedPerSec)
 		prof := histDelta(before, after, "segedge_origin_ingest_to_profile_seconds")
 		del := histDelta(before, after, "segedge_origin_ingest_to_delta_seconds")
 		upd := histDelta(before, after, "segedge_origin_profile_update_duration_seconds")
