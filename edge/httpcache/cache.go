@@ -171,7 +171,7 @@ func (c *Cache) Lookup(host, uri string, req RequestHeader) (*Entry, State) {
 // replaces what was stored for the URL (all Vary variants are reached through the primary key).
 func (c *Cache) RememberUncacheable(host, uri string, d time.Duration) {
 	primary := primaryKey(host, uri)
-	m := &Entry{pass: true, key: primary, uri: uri, ResponseTime: c.now(), lifetime: d}
+	m := &Entry{pass: true, key: primary, URI: uri, ResponseTime: c.now(), lifetime: d}
 	m.weight = uint32(m.size())
 	c.index(m)
 	c.store.Set(primary, m)
@@ -186,13 +186,13 @@ func (e *Entry) Matches(req RequestHeader) bool {
 // returns it.
 func (c *Cache) Store(host, uri string, req RequestHeader, e *Entry) *Entry {
 	primary := primaryKey(host, uri)
-	e.uri = uri
+	e.URI = uri
 	e.key = primary
 	if e.vary != nil {
 		e.varyValues = varyValues(e.vary, req)
 		e.key = primary + "\x00" + e.varyValues
 		if m, ok := c.store.GetIfPresent(primary); !ok || !m.marker || !equalStrings(m.vary, e.vary) {
-			m := &Entry{marker: true, vary: e.vary, key: primary, uri: uri}
+			m := &Entry{marker: true, vary: e.vary, key: primary, URI: uri}
 			m.weight = uint32(m.size())
 			c.index(m)
 			c.store.Set(primary, m)
@@ -219,7 +219,7 @@ func equalStrings(a, b []string) bool {
 func (c *Cache) index(e *Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	add(c.byURI, e.uri, e.key)
+	add(c.byURI, e.URI, e.key)
 	for _, t := range e.Tags {
 		add(c.byTag, t, e.key)
 	}
@@ -233,14 +233,14 @@ func (c *Cache) unindex(ev otter.DeletionEvent[string, *Entry]) {
 	cur, present := c.store.GetIfPresent(ev.Key)
 	old := ev.Value
 	if !present {
-		del(c.byURI, old.uri, old.key)
-		if _, stillThere := c.byURI[old.uri]; !stillThere {
+		del(c.byURI, old.URI, old.key)
+		if _, stillThere := c.byURI[old.URI]; !stillThere {
 			// The page is gone; it records its dependencies again when it is stored again.
 			// (A fragment's own eviction keeps its dependents: purging it must still reach them.)
-			for f := range c.pageDeps[old.uri] {
-				del(c.deps, f, old.uri)
+			for f := range c.pageDeps[old.URI] {
+				del(c.deps, f, old.URI)
 			}
-			delete(c.pageDeps, old.uri)
+			delete(c.pageDeps, old.URI)
 		}
 	}
 	for _, t := range old.Tags {

@@ -28,6 +28,10 @@ type Entry struct {
 	// when the entry is stored and carried over by revalidations.
 	Compiled any
 
+	// URI is the request URI (path and query) the entry answers, set before OnCacheFill runs and
+	// by Cache.Store; the edge uses it to record dependencies (Cache.AddDependency(e.URI, fragment)).
+	URI string
+
 	// RequestTime and ResponseTime are when the upstream request was sent and its response
 	// arrived (RFC 9111 §4.2.3).
 	RequestTime, ResponseTime time.Time
@@ -43,9 +47,8 @@ type Entry struct {
 	varyValues string        // the request's values of vary, as stored
 	weight     uint32
 	key        string // where it is stored
-	uri        string
-	marker     bool // a Vary marker at the primary key, not a response
-	pass       bool // a remembered uncacheable answer (RememberUncacheable), not a response
+	marker     bool   // a Vary marker at the primary key, not a response
+	pass       bool   // a remembered uncacheable answer (RememberUncacheable), not a response
 }
 
 // NewEntry builds an entry from an upstream response's status and end-to-end headers; the body
@@ -271,7 +274,7 @@ func (e *Entry) Refreshed(notModified []Field, requestTime, responseTime time.Ti
 }
 
 func (e *Entry) size() int {
-	n := len(e.Body) + len(e.key) + len(e.uri) + 256
+	n := len(e.Body) + len(e.key) + len(e.URI) + 256
 	for _, f := range e.Header {
 		n += len(f.Name) + len(f.Value) + 32
 	}

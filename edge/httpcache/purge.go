@@ -63,7 +63,7 @@ func (c *Cache) PurgeTag(tag string) int {
 	uris := make([]string, 0, len(keys))
 	for _, k := range keys {
 		if e, ok := c.store.GetIfPresent(k); ok {
-			uris = append(uris, e.uri)
+			uris = append(uris, e.URI)
 		}
 	}
 	return c.invalidate(keys, uris)

@@ -198,6 +198,7 @@ func (p *Proxy) fetch(up *upstream, req *fasthttp.Request, host, uri string, sta
 	}
 	fasthttp.ReleaseResponse(resp)
 	e.Body = body
+	e.URI = uri
 	if p.cfg.OnCacheFill != nil {
 		p.cfg.OnCacheFill(e)
 	}

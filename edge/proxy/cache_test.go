@@ -559,6 +559,9 @@ func TestCacheFillAndRenderHooks(t *testing.T) {
 	var fills atomic.Int64
 	cp := newCachingProxy(t, o, clk, Config{
 		OnCacheFill: func(e *httpcache.Entry) {
+			if e.URI != "/page" && e.URI != "/page?raw=1" {
+				t.Errorf("OnCacheFill got URI %q", e.URI)
+			}
 			fills.Add(1)
 			e.Compiled = strings.ToUpper(string(e.Body))
 		},

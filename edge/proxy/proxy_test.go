@@ -518,15 +518,15 @@ func TestNewRejectsBadConfig(t *testing.T) {
 
 func TestReadTimeoutIsBetweenReadsNotForTheWholeBody(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "10")
-		for range 10 { // 1s in all, never 300ms without a byte
+		w.Header().Set("Content-Length", "8")
+		for range 8 { // 1.2s in all, twice the timeout, but never 600ms without a byte
 			w.Write([]byte("x"))
 			w.(http.Flusher).Flush()
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(150 * time.Millisecond)
 		}
 	}))
 	defer up.Close()
-	p, _ := newProxy(t, Config{Upstream: up.URL, ReadTimeout: 300 * time.Millisecond})
+	p, _ := newProxy(t, Config{Upstream: up.URL, ReadTimeout: 600 * time.Millisecond})
 	base := serveProxy(t, p)
 	resp, err := client.Get(base + "/")
 	if err != nil {
@@ -534,7 +534,7 @@ func TestReadTimeoutIsBetweenReadsNotForTheWholeBody(t *testing.T) {
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || string(b) != "xxxxxxxxxx" {
+	if err != nil || string(b) != "xxxxxxxx" {
 		t.Errorf("slow but steady body: %q, %v", b, err)
 	}
 }
