@@ -311,7 +311,19 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 	}
 	sum.DeltaP50, sum.DeltaP99, sum.DeltaP999 = -1, -1, -1
 	if o.natsURL != "" {
-		time.Sleep(500 * time.Millisecond) // deltas published at the end of the drain are in flight
+		// Deltas published at the end of the drain may be in flight: wait until none arrived for
+		// 500ms (at most 5s).
+		for quiet, seen, t1 := 0, -1, time.Now(); quiet < 5 && time.Since(t1) < 5*time.Second; {
+			time.Sleep(100 * time.Millisecond)
+			dmu.Lock()
+			n := len(deltaLat) + deltaOther
+			dmu.Unlock()
+			if n == seen {
+				quiet++
+			} else {
+				quiet, seen = 0, n
+			}
+		}
 		dmu.Lock()
 		sum.Deltas = len(deltaLat)
 		fmt.Fprintf(out, "ingest→delta on DELTAS (now − accepted_at, 1ms resolution): %s", deltaLat.summary())

@@ -300,6 +300,7 @@ func TestRunMeasuresIngestToDeltaFromTheDeltasSubjects(t *testing.T) {
 		}
 		// A delta of someone else (an earlier run, another user) must not be counted.
 		n.Conn.Publish(n.Topology.DeltaSubject(0), []byte(`{"user_id":"other","version":9,"accepted_at":1}`))
+		n.Conn.Flush()
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
