@@ -134,20 +134,21 @@ fi
 
 echo
 echo "== origin results (prefix $PREFIX, partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users)"
-printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s\n' \
-  step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p99 drained drain_s cpu_us/ev
+printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s %-9s\n' \
+  step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p99 drained drain_s cpu_us/ev applied/s
 while IFS=$'\t' read -r kind load j; do
   over="$(echo "$j" | jq -r 'if .profile_p99_over then ">" else "" end')"
-  printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s\n' \
+  printf '%-5s %-7s %-6s %-10s %-9s %-9s %-9s %-11s %-11s %-11s %-9s %-7s %-9s %-9s\n' \
     "$kind" "$(echo "$j" | jq .target_rate)" "$load" "$(echo "$j" | jq '.accepted_per_s|round')" "$(echo "$j" | jq .rejected)" \
     "$(echo "$j" | fmt_ms http_p50_ms)" "$(echo "$j" | fmt_ms http_p99_ms)" \
     "$(echo "$j" | fmt_ms profile_p50_ms)" "$over$(echo "$j" | fmt_ms profile_p99_ms)" \
     "$(echo "$j" | fmt_ms delta_p99_ms)" "$(echo "$j" | jq .drained)" "$(echo "$j" | jq '.drain_s*10|round/10')" \
-    "$(echo "$j" | jq '.origin_cpu_us_per_event*10|round/10')"
+    "$(echo "$j" | jq '.origin_cpu_us_per_event*10|round/10')" "$(echo "$j" | jq '.applied_per_s|round')"
 done <"$results"
 echo "(ms; profile = ingest→profile from the origin's histogram, bucket-interpolated, '>' = above the top bucket;"
 echo " delta = ingest→delta on DELTAS, '-' when no deltas flowed (no active ruleset);"
-echo " cpu_us/ev = the origin's CPU per accepted event, from its process_cpu_seconds_total)"
+echo " cpu_us/ev = the origin's CPU per accepted event, from its process_cpu_seconds_total;"
+echo " applied/s = events the origin applied per second over run and drain: its ceiling when a backlog formed)"
 if [[ -z "${SKIP_RAMP:-}" ]]; then
   echo "max sustained, end to end (ingest→profile p99 ≤ ${P99_MS}ms): ${max_e2e} events/s"
   echo "max sustained, ingest only (HTTP p99 ≤ ${P99_MS}ms, nothing rejected): ${max_ingest} events/s"
