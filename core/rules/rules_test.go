@@ -214,7 +214,8 @@ func (fixedRequest) Header(string) (string, bool)   { return "", false }
 func (fixedRequest) Cookie(n string) (string, bool) { return "c-" + n, true }
 
 // TestVocabulary: one row per function, evaluated by the reference evaluator on a fixed
-// profile and request (the wasm side of the same rows runs in wasm/ruleset).
+// profile and request. The module agrees with the reference on the whole vocabulary: see the
+// differential test and TestFileTestsOnModule in wasm/ruleset.
 func TestVocabulary(t *testing.T) {
 	prof := TestFeatures{
 		{Kind: profile.FeatureTrait, Name: "plan"}:                                               profile.StringValue("pro"),
@@ -254,8 +255,17 @@ func TestVocabulary(t *testing.T) {
 		{`10 % (count("add_to_cart", "30m") - 2) > 0`, false, true},
 		{`1.0 / 0.0 > 1e308`, true, false},
 		{`count("add_to_cart", "30m") > 1 ? trait("plan") == "pro" : false`, true, false},
+		{`hasTrait("plan") && trait("plan").endsWith("ro")`, true, false},
+		{`request.header("Accept-Language").startsWith("de")`, false, true},
+		{`trait("age") + 1 == 31`, true, false},
+		{`trait("plan") + 1 == 31`, false, true},
+		{`segment("x") || true`, true, false},
+		{`segment("x") && true`, false, true},
+		{`1.0 / 0.0 * 0.0 < 1.0`, false, false},
+		{`size("héllo") == 5`, true, false},
 	} {
-		f := &File{Scores: []ScoreDef{{Name: "e", HalfLife: time.Hour}}, Segments: []SegmentDef{{Name: "s", Rule: tc.rule}}}
+		f := &File{Scores: []ScoreDef{{Name: "e", HalfLife: time.Hour}},
+			Segments: []SegmentDef{{Name: "s", Rule: tc.rule}, {Name: "x", Rule: `trait("missing") == 1`}}}
 		rs, err := Compile(f)
 		if err != nil {
 			t.Errorf("%s: %v", tc.rule, err)

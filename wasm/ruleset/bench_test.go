@@ -96,6 +96,13 @@ func BenchmarkEval(b *testing.B) {
 			}
 		}
 	})
+	b.Run("encode", func(b *testing.B) { // EncodeInput alone (feature look-ups included)
+		buf := make([]byte, 0, rs.Manifest.InputCap)
+		b.ReportAllocs()
+		for b.Loop() {
+			buf = rs.Manifest.EncodeInput(buf[:0], prof, req, now)
+		}
+	})
 	b.Run("celgo", func(b *testing.B) {
 		ref, err := rules.NewReference(&rs.Manifest)
 		if err != nil {

@@ -5,6 +5,7 @@ package ruleset
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -60,3 +61,24 @@ func (e *Evaluator) Evaluate(ctx context.Context, prof rules.FeatureSource, req 
 
 // Close releases the module (it is closed when no evaluation holds it any more).
 func (e *Evaluator) Close() { e.mod.Release() }
+
+// RunTests runs a rules file's tests on the compiled module (rules.RunTests runs them on the
+// reference evaluator) and returns every failed expectation.
+func (e *Evaluator) RunTests(ctx context.Context, f *rules.File) error {
+	var errs []error
+	res := e.NewResult()
+	for ti := range f.Tests {
+		t := &f.Tests[ti]
+		prof, req, err := t.Sources()
+		if err == nil {
+			err = e.Evaluate(ctx, prof, req, time.Unix(0, 0), res)
+		}
+		if err == nil {
+			err = rules.CheckTest(e.man, t, res)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d:%d: test %d: %w", f.Name, t.Pos.Line, t.Pos.Col, ti+1, err))
+		}
+	}
+	return errors.Join(errs...)
+}
