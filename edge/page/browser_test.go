@@ -145,10 +145,12 @@ func browserDisagrees(p *Page, i int) string {
 		// the table), so the default's subtree depends on the markup around the slot; only the
 		// splice is checked.
 	default:
-		if reconstructsFormatting(p, i, name) {
+		if reconstructsFormatting(p, i, name) || insideFormatting(el) {
 			// Formatting elements left open before the slot (<a> closed by a </div>) are
-			// reopened by the browser around whatever text the slot holds, default or variant
-			// alike; the default alone cannot reproduce that.
+			// reopened by the browser around whatever text the slot holds, and a formatting
+			// element around the slot that is repeated inside it (<a><main slot><a>) is
+			// restructured by the adoption agency algorithm; the default alone cannot
+			// reproduce either, and the compiler does not track elements outside slots.
 			break
 		}
 		if msg := defaultDisagrees(p, i, el, ctx); msg != "" {
@@ -190,6 +192,16 @@ func reconstructsFormatting(p *Page, i int, name string) bool {
 		}
 		el := findSlotElement(root, name)
 		return el != nil && el.FirstChild != nil && el.FirstChild.Type == html.ElementNode
+	}
+	return false
+}
+
+// insideFormatting reports whether n has a formatting element (<a>, <b>, ...) as an ancestor.
+func insideFormatting(n *html.Node) bool {
+	for p := n.Parent; p != nil; p = p.Parent {
+		if p.Type == html.ElementNode && p.Namespace == "" && isFormatting(p.DataAtom) {
+			return true
+		}
 	}
 	return false
 }

@@ -42,6 +42,10 @@
 //     has no inner content written by the author and is not a slot. (A browser would treat
 //     <div .../> as an open <div> swallowing what follows; guessing where it ends is exactly
 //     the kind of splice this package refuses to make.)
+//   - Elements outside slots are not tracked, so a formatting element left open around a slot
+//     (<a><main data-seg-slot=x><a>) that a browser restructures into the slot (the adoption
+//     agency algorithm) goes unnoticed: the splice replaces the source between the slot's
+//     tags as always, but the browser's tree around it is not what the markup suggests.
 //   - Nested slots: the outer slot wins. A data-seg-slot element inside a slot is part of the
 //     outer slot's default and is reported in Dropped.
 //   - Duplicate names: every occurrence is a slot of that name, and all of them receive the
