@@ -145,7 +145,7 @@ func browserDisagrees(p *Page, i int) string {
 		// the table), so the default's subtree depends on the markup around the slot; only the
 		// splice is checked.
 	default:
-		if reconstructsFormatting(p, i, name) || insideFormatting(el) {
+		if reconstructsFormatting(p, i, name) {
 			// Formatting elements left open before the slot (<a> closed by a </div>) are
 			// reopened by the browser around whatever text the slot holds, and a formatting
 			// element around the slot that is repeated inside it (<a><main slot><a>) is
@@ -178,8 +178,10 @@ func browserDisagrees(p *Page, i int) string {
 	return ""
 }
 
-// reconstructsFormatting reports whether text at the start of slot i ends up inside an
-// element the browser reopens there (the "reconstruct the active formatting elements" step).
+// reconstructsFormatting reports whether, in the page up to the start of slot i, the slot
+// element sits inside a formatting element, or text at the start of the slot ends up inside
+// an element the browser reopens there (the "reconstruct the active formatting elements"
+// step).
 func reconstructsFormatting(p *Page, i int, name string) bool {
 	for _, o := range p.occ {
 		if o.slot != i {
@@ -191,7 +193,7 @@ func reconstructsFormatting(p *Page, i int, name string) bool {
 			return false
 		}
 		el := findSlotElement(root, name)
-		return el != nil && el.FirstChild != nil && el.FirstChild.Type == html.ElementNode
+		return el != nil && (insideFormatting(el) || el.FirstChild != nil && el.FirstChild.Type == html.ElementNode)
 	}
 	return false
 }
