@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"testing"
 	"time"
 
@@ -105,4 +104,55 @@ func FuzzDifferential(f *testing.F) {
 	})
 }
 
-var _ = strings.Contains
+// FuzzRuleText compiles arbitrary rule text; whatever compiles must load, run and agree with
+// cel-go on a few fixed inputs. Nothing may panic.
+func FuzzRuleText(f *testing.F) {
+	rt := newRuntime(f)
+	for _, r := range []string{`count("add_to_cart", "30m") > 0`, `trait("plan") in ["pro", 1, 2.5, true]`,
+		`request.path.contains("/x") ? size(request.path) > 3 : request.hour < 12`, `-(1 - 2) * 3 / 4 % 5 == 0`,
+		`segment("s0") || score("engagement") / 0.0 > 1.0`, `request.cookie("ab") >= trait("plan")`} {
+		f.Add(r)
+	}
+	g := &ruleGen{r: rand.New(rand.NewPCG(1, 2))}
+	type input struct {
+		p testProfile
+		r *testRequest
+	}
+	var inputs []input
+	for range 16 {
+		inputs = append(inputs, input{g.profile(), g.request()})
+	}
+	f.Fuzz(func(t *testing.T, rule string) {
+		file := &rules.File{Scores: []rules.ScoreDef{{Name: "engagement", HalfLife: time.Hour}},
+			Segments: []rules.SegmentDef{{Name: "s0", Rule: `trait("vip") == true`}, {Name: "s", Rule: rule}}}
+		rs, err := rules.Compile(file)
+		if err != nil {
+			return
+		}
+		ctx := context.Background()
+		ev, err := Load(ctx, rt, "fuzz", rs)
+		if err != nil {
+			t.Fatalf("compiled module does not load: %v", err)
+		}
+		defer ev.Close()
+		ref, err := rules.NewReference(&rs.Manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := ev.NewResult(), ev.NewResult()
+		for i, in := range inputs {
+			var req rules.RequestSource
+			if in.r != nil {
+				req = in.r
+			}
+			if err := ev.Evaluate(ctx, in.p, req, time.Unix(0, 0), got); err != nil {
+				t.Fatal(err)
+			}
+			ref.Evaluate(in.p, req, time.Unix(0, 0), want)
+			if got.Member[0] != want.Member[0] || got.Error[0] != want.Error[0] {
+				t.Fatalf("input %d: wasm %b/%b, cel-go %b/%b\n%s", i, got.Member[0], got.Error[0], want.Member[0], want.Error[0],
+					ref.Explain(in.p, req, time.Unix(0, 0)))
+			}
+		}
+	})
+}
