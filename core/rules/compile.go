@@ -174,7 +174,7 @@ func analyseFile(f *File, anyScore bool) (*compiler, error) {
 			continue
 		}
 		st.ast = checked.NativeRep()
-		if err := c.analyse(st.ast.Expr(), nil); err != nil {
+		if err := c.analyse(st.ast.Expr()); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.where(s.RulePos), err))
 		}
 	}
@@ -440,7 +440,7 @@ func (c *compiler) internable(e ast.Expr) (vocabRef, bool) {
 
 // analyse walks a rule: it registers inputs and segment dependencies, and notes which string
 // inputs are used other than in comparisons with constants.
-func (c *compiler) analyse(e ast.Expr, _ []string) error {
+func (c *compiler) analyse(e ast.Expr) error {
 	switch e.Kind() {
 	case ast.LiteralKind:
 		return nil
@@ -455,7 +455,7 @@ func (c *compiler) analyse(e ast.Expr, _ []string) error {
 		return nil
 	case ast.ListKind:
 		for _, el := range e.AsList().Elements() {
-			if err := c.analyse(el, nil); err != nil {
+			if err := c.analyse(el); err != nil {
 				return err
 			}
 		}
@@ -502,12 +502,12 @@ func (c *compiler) analyse(e ast.Expr, _ []string) error {
 		}
 	}
 	if call.IsMemberFunction() {
-		if err := c.analyse(call.Target(), nil); err != nil {
+		if err := c.analyse(call.Target()); err != nil {
 			return err
 		}
 	}
 	for _, a := range args {
-		if err := c.analyse(a, nil); err != nil {
+		if err := c.analyse(a); err != nil {
 			return err
 		}
 	}
