@@ -110,7 +110,7 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 		m.SetFunc(idx, nil, k.B)
 		return idx
 	}
-	end := ob + uint32(c.m.OutputLen())
+	end := ob + uint32(c.m.OutputLen()) + 8 // 8 spare bytes for affix's loads
 	m.Memory((end + 65535) / 65536)
 	m.ExportMemory("memory")
 	m.ExportFunc("segedge_abi_version", konst(ABIVersion))
@@ -241,6 +241,12 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 			if err := c.valAs(call.Target(), tString, errL); err != nil {
 				return err
 			}
+			if lit, ok := stringLit(args[0]); ok && len(lit) >= 1 && len(lit) <= 8 && call.FunctionName() != "contains" {
+				c.affix(call.FunctionName() == "startsWith", lit)
+				f.Get(errL).Op(OpSelect)
+				f.release(I32, errL)
+				return nil
+			}
 			if err := c.valAs(args[0], tString, errL); err != nil {
 				return err
 			}
@@ -259,6 +265,34 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 	f.Get(errL).Op(OpSelect)
 	f.release(I32, errL)
 	return nil
+}
+
+// affix replaces (address, length) on the stack by whether the string starts (or ends) with
+// the constant lit of 1 to 8 bytes: one masked 8-byte load and compare, no loop. The load
+// may read past the string's end (inside memory: the module keeps 8 spare bytes after its
+// buffers); those bytes are masked off, and a string shorter than lit never matches.
+func (c *compiler) affix(prefix bool, lit string) {
+	f := c.f
+	p, l := f.local(I32), f.local(I32)
+	f.Set(l).Set(p)
+	m := int32(len(lit))
+	var want uint64
+	for i := len(lit) - 1; i >= 0; i-- {
+		want = want<<8 | uint64(lit[i])
+	}
+	mask := uint64(1)<<(8*uint(m)) - 1
+	if m == 8 {
+		mask = ^uint64(0)
+	}
+	if prefix {
+		f.Get(p)
+	} else {
+		// p + l - m, or 0 when the string is shorter (so the address cannot wrap).
+		f.Get(p).Get(l).Op(OpI32Add).I32(m).Op(OpI32Sub).I32(0).Get(l).I32(m).Op(OpI32GeU, OpSelect)
+	}
+	f.Mem(OpI64Load, 0).I64(int64(mask)).Op(OpI64And).I64(int64(want)).Op(OpI64Eq)
+	f.Get(l).I32(m).Op(OpI32GeU, OpI32And)
+	f.release(I32, p, l)
 }
 
 // logic pushes the tristate of a && b (and) or a || b, with CEL's commutative error
