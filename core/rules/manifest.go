@@ -92,6 +92,15 @@ type FeatureSource interface {
 	Value(f profile.Feature, now time.Time) (profile.Value, bool)
 }
 
+// IndexedFeatureSource is an optional fast path of FeatureSource for a source that has
+// resolved a manifest's inputs once (the edge replica, say, mapping Inputs[i] to its own
+// feature ids): EncodeInput and the reference evaluator then ask by input index, so no
+// profile.Feature is hashed per evaluation. FeatureAt must answer exactly as Value(f, now).
+type IndexedFeatureSource interface {
+	FeatureSource
+	FeatureAt(i int, f profile.Feature, now time.Time) (profile.Value, bool)
+}
+
 // RequestSource gives the request context. The edge implements it over its request; a nil
 // RequestSource means "no request" (the origin).
 type RequestSource interface {
@@ -146,7 +155,7 @@ func (m *Manifest) OutputLen() int { return 16*m.words() + 4*len(m.Slots) }
 // source does not have is 0 (no events), and values are coerced to the feature's type; a
 // missing trait, since() of a type never seen and a missing query parameter, header or cookie
 // are absent (reading them is an error); with no request every request field is absent.
-func (m *Manifest) value(i int, prof FeatureSource, req RequestSource, now time.Time) profile.Value {
+func (m *Manifest) value(i int, prof FeatureSource, ix IndexedFeatureSource, req RequestSource, now time.Time) profile.Value {
 	in := &m.Inputs[i]
 	if in.Request != "" {
 		if req == nil {
@@ -181,7 +190,9 @@ func (m *Manifest) value(i int, prof FeatureSource, req RequestSource, now time.
 	}
 	var v profile.Value
 	ok := false
-	if prof != nil {
+	if ix != nil {
+		v, ok = ix.FeatureAt(i, in.Feature, now)
+	} else if prof != nil {
 		v, ok = prof.Value(in.Feature, now)
 	}
 	switch in.Feature.Kind {
@@ -233,8 +244,9 @@ func (m *Manifest) EncodeInput(dst []byte, prof FeatureSource, req RequestSource
 	for range n {
 		dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 	}
+	ix, _ := prof.(IndexedFeatureSource)
 	for i := range m.Inputs {
-		v := m.value(i, prof, req, now)
+		v := m.value(i, prof, ix, req, now)
 		s := dst[slots+16*i : slots+16*i+16]
 		var payload uint64
 		kind := byte(v.Kind)

@@ -151,8 +151,9 @@ func (r *Reference) Explain(prof FeatureSource, req RequestSource, now time.Time
 }
 
 func (r *Reference) run(prof FeatureSource, req RequestSource, now time.Time) {
+	ix, _ := prof.(IndexedFeatureSource)
 	for i := range r.vals {
-		r.vals[i] = r.m.value(i, prof, req, now)
+		r.vals[i] = r.m.value(i, prof, ix, req, now)
 	}
 	r.hasReq = req != nil
 	for i := range r.segs {

@@ -73,7 +73,8 @@ func realisticRequest() *testRequest {
 
 // BenchmarkEval: one evaluation of a 100-segment ruleset for one user and request. wasm is
 // EncodeInput + one sandboxed call + decoding; celgo is cel-go running the same 100 rules
-// (with the same bindings and input values) natively.
+// (with the same bindings and input values) natively. Both read the profile through a map
+// keyed by profile.Feature, and (_indexed) through an IndexedFeatureSource.
 func BenchmarkEval(b *testing.B) {
 	rs, err := rules.Compile(realisticFile(100))
 	if err != nil {
@@ -81,37 +82,43 @@ func BenchmarkEval(b *testing.B) {
 	}
 	ctx := context.Background()
 	prof, req, now := realisticProfile(), realisticRequest(), time.Now()
-	b.Run("wasm", func(b *testing.B) {
-		rt := newRuntime(b)
-		ev, err := Load(ctx, rt, "bench", rs)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ev.Close()
-		res := ev.NewResult()
-		b.ReportAllocs()
-		for b.Loop() {
-			if err := ev.Evaluate(ctx, prof, req, now, res); err != nil {
+	indexed := newIndexed(prof, rs.Manifest.Inputs)
+	rt := newRuntime(b)
+	ev, err := Load(ctx, rt, "bench", rs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ev.Close()
+	for _, src := range []struct {
+		name string
+		prof rules.FeatureSource
+	}{{"", prof}, {"_indexed", indexed}} {
+		b.Run("wasm"+src.name, func(b *testing.B) {
+			res := ev.NewResult()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := ev.Evaluate(ctx, src.prof, req, now, res); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("celgo"+src.name, func(b *testing.B) {
+			ref, err := rules.NewReference(&rs.Manifest)
+			if err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
+			res := rs.Manifest.NewResult()
+			b.ReportAllocs()
+			for b.Loop() {
+				ref.Evaluate(src.prof, req, now, res)
+			}
+		})
+	}
 	b.Run("encode", func(b *testing.B) { // EncodeInput alone (feature look-ups included)
 		buf := make([]byte, 0, rs.Manifest.InputCap)
 		b.ReportAllocs()
 		for b.Loop() {
 			buf = rs.Manifest.EncodeInput(buf[:0], prof, req, now)
-		}
-	})
-	b.Run("celgo", func(b *testing.B) {
-		ref, err := rules.NewReference(&rs.Manifest)
-		if err != nil {
-			b.Fatal(err)
-		}
-		res := rs.Manifest.NewResult()
-		b.ReportAllocs()
-		for b.Loop() {
-			ref.Evaluate(prof, req, now, res)
 		}
 	})
 }
@@ -172,6 +179,14 @@ func TestRealisticAgrees(t *testing.T) {
 		if got.IsMember(i) {
 			members++
 		}
+	}
+	// The indexed fast path reads the same values.
+	viaIndex := ev.NewResult()
+	if err := ev.Evaluate(ctx, newIndexed(prof, rs.Manifest.Inputs), req, now, viaIndex); err != nil {
+		t.Fatal(err)
+	}
+	if viaIndex.Member[0] != got.Member[0] || viaIndex.Member[1] != got.Member[1] || viaIndex.Error[0] != got.Error[0] {
+		t.Errorf("indexed source: %x/%x, map source %x/%x", viaIndex.Member, viaIndex.Error, got.Member, got.Error)
 	}
 	if members == 0 || members == 100 {
 		t.Errorf("%d members: the benchmark ruleset should be mixed", members)

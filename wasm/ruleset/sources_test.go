@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/rules"
 )
 
 // testProfile is a FeatureSource over a map.
@@ -37,4 +38,24 @@ func (r *testRequest) Header(n string) (string, bool) {
 func (r *testRequest) Cookie(n string) (string, bool) {
 	v, ok := r.cookie[n]
 	return v, ok
+}
+
+// indexedProfile is an IndexedFeatureSource: values resolved once per manifest, by input index.
+type indexedProfile struct {
+	testProfile
+	vals []profile.Value
+	ok   []bool
+}
+
+func newIndexed(p testProfile, inputs []rules.Input) *indexedProfile {
+	ix := &indexedProfile{testProfile: p}
+	for _, in := range inputs {
+		v, ok := p[in.Feature]
+		ix.vals, ix.ok = append(ix.vals, v), append(ix.ok, ok && in.Request == "")
+	}
+	return ix
+}
+
+func (p *indexedProfile) FeatureAt(i int, _ profile.Feature, _ time.Time) (profile.Value, bool) {
+	return p.vals[i], p.ok[i]
 }
