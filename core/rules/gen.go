@@ -72,25 +72,32 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 	for _, s := range c.segs {
 		s.local = f.local(I32)
 	}
+	// The bitsets are accumulated as each segment is computed, so a segment's tristate local
+	// is dead right away unless segment() or a slot reads it later (fewer live values for
+	// the engine's register allocator in long rulesets).
+	w := uint32(c.m.words())
+	words := make([][2]uint32, w)
+	for i := range words {
+		words[i] = [2]uint32{f.local(I64), f.local(I64)}
+		f.I64(0).Set(words[i][0]).I64(0).Set(words[i][1])
+	}
 	for _, i := range order {
 		c.cur = c.segs[i]
 		if err := c.boolExpr(c.cur.ast.Expr()); err != nil {
 			return nil, fmt.Errorf("%s: %w", c.file.where(c.cur.def.RulePos), err)
 		}
-		f.Set(c.cur.local)
+		t := c.cur.local
+		word, bit := words[i/64], int64(i%64)
+		// tristate 0/1/2: member = t & 1, error = t >> 1.
+		f.Tee(t).I32(1).Op(OpI32And, OpI64ExtendI32U).I64(bit).Op(OpI64Shl).Get(word[0]).Op(OpI64Or).Set(word[0])
+		f.Get(t).I32(1).Op(OpI32ShrU, OpI64ExtendI32U).I64(bit).Op(OpI64Shl).Get(word[1]).Op(OpI64Or).Set(word[1])
 	}
 	// Output: membership and error bitsets, then the slots' variant choices.
 	c.m.ABIVersion = ABIVersion
-	w := uint32(c.m.words())
 	ob := align8(c.cb + uint32(len(c.consts)))
 	for word := range w {
-		for set, state := range []int32{1, 2} {
-			f.I32(0).I64(0)
-			for b := uint32(0); b < 64 && word*64+b < uint32(len(c.segs)); b++ {
-				f.Get(c.segs[word*64+b].local).I32(state).Op(OpI32Eq, OpI64ExtendI32U).I64(int64(b)).Op(OpI64Shl, OpI64Or)
-			}
-			f.Mem(OpI64Store, ob+8*(uint32(set)*w+word))
-		}
+		f.I32(0).Get(words[word][0]).Mem(OpI64Store, ob+8*word)
+		f.I32(0).Get(words[word][1]).Mem(OpI64Store, ob+8*(w+word))
 	}
 	acc := f.local(I32)
 	for s, slot := range c.m.Slots {
