@@ -16,10 +16,13 @@
 # Settings (environment): DURATION (20s), THREADS (2), CONNECTIONS (64), COOKIES (100),
 # CORPUS (/work/shared/corpus/pages/cloudflare.com.html; missing: generated page), PAGE_BYTES
 # (51200), WARMUP (3s), SKIP_BUILD=1 (use bin/ as is), NO_DOC=1 (do not append to the doc),
-# PROFILE=1 (take a 10 s CPU profile of bin/edge during its run with perf, if installed).
+# PROFILE=1 (during the segedge run, 10 s of system-wide perf samples: CPU per process and bin/edge's
+# hottest symbols, printed and kept in /tmp/segedge-bench-edge-perf.txt; perf costs a little, so
+# profiled runs are for reading, not for the record: combine with NO_DOC=1).
+# The "reached upstream" column counts the upstream's requests during each measured run: 0 means
+# the proxy served from its cache; about as many as wrk's requests means it forwarded each one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$(pwd)"
 
 : "${DURATION:=20s}"
 : "${THREADS:=2}"
@@ -29,6 +32,7 @@ root="$(pwd)"
 : "${PAGE_BYTES:=51200}"
 : "${WARMUP:=3s}"
 cmdline="$0 $*"
+load=$(cut -d' ' -f1-3 /proc/loadavg) # before anything of ours runs: others share these cores
 for v in DURATION THREADS CONNECTIONS COOKIES PAGE_BYTES WARMUP SKIP_BUILD NO_DOC PROFILE; do
   if [[ -n "${!v:-}" ]] && env | grep -q "^$v="; then cmdline="$v=${!v} $cmdline"; fi
 done
@@ -123,18 +127,24 @@ request = function()
 end
 LUA
 
+upstream_count() { curl -fsS "http://127.0.0.1:$UP_PORT/_bench/requests"; }
+
 results=()
 run_wrk() { # name url
   local name=$1 url=$2 out="$work/wrk-$1.txt"
   echo "== $name: warm-up $WARMUP, then wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/cookies.lua" "$url" -- "$work/cookies.txt" >/dev/null
+  local before after
+  before=$(upstream_count)
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/cookies.lua" "$url" -- "$work/cookies.txt" | tee "$out"
+  after=$(upstream_count)
   local rps p99 errs
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
   errs=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out"); errs=${errs:-0}
   local sockerr; sockerr=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' "$out"); sockerr=${sockerr:-0}
-  results+=("$name|$rps|$p99|$((errs + sockerr))")
+  local total; total=$(awk '$2 == "requests" && $3 == "in" {print $1}' "$out")
+  results+=("$name|$rps|$p99|$((errs + sockerr))|$((after - before)) of ${total:-?}")
 }
 # p99 as microseconds ("1.23ms" → 1230)
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
@@ -193,14 +203,22 @@ fi
 echo "   edge: $edge_mode"
 
 if [[ -n "${PROFILE:-}" ]] && command -v perf >/dev/null; then
-  ( sleep 5; perf record -F 499 -g -p "$edge_pid" -o "$work/perf.data" -- sleep 10 >/dev/null 2>&1 || true ) &
+  # System-wide, so the table of CPU per process shows where the 2 cores went (edge, upstream, wrk).
+  ( sleep 5; perf record -F 499 -a -g -o "$work/perf.data" -- sleep 10 >/dev/null 2>&1 || true ) &
   perf_pid=$!
 fi
 run_wrk segedge "http://127.0.0.1:$EDGE_PORT/"
 if [[ -n "${perf_pid:-}" ]]; then
   wait "$perf_pid" || true
-  perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -25 >"$work/perf.txt" || true
-  echo "== perf: top symbols of bin/edge during the run"; cat "$work/perf.txt"
+  {
+    echo "-- CPU samples by process (10 s inside the segedge run)"
+    perf report -i "$work/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep '%' | grep -v '^#' | head -8
+    echo "-- bin/edge: top symbols"
+    perf report -i "$work/perf.data" --no-children --comm edge --sort dso,symbol --stdio -g none 2>/dev/null | grep '%' | grep -v '^#' | head -30
+    echo "-- bin/edge: top callers (Go functions, children included)"
+    perf report -i "$work/perf.data" --children --comm edge --sort symbol --stdio -g none 2>/dev/null | grep '%' | grep -v '^#' | grep -E 'segedge|fasthttp|net\.|syscall' | head -25
+  } >"$work/perf.txt" || true
+  echo "== perf"; cat "$work/perf.txt"
   cp "$work/perf.txt" /tmp/segedge-bench-edge-perf.txt
 fi
 # The edge is stopped before the next contender so that it does not hold memory or CPU.
@@ -278,11 +296,11 @@ run_wrk varnish-esi "http://127.0.0.1:$VARNISH_PORT/esi.html"
 kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
 
 # ---------------------------------------------------------------- report
-IFS='|' read -r _ a_rps a_p99 _ <<<"${results[0]}"
-table="| server | what it serves | requests/s | p99 | errors | vs segedge |
-| --- | --- | ---: | ---: | ---: | --- |"
+IFS='|' read -r _ a_rps a_p99 _ _ <<<"${results[0]}"
+table="| server | what it serves | requests/s | p99 | errors | reached upstream | vs segedge |
+| --- | --- | ---: | ---: | ---: | ---: | --- |"
 for r in "${results[@]}"; do
-  IFS='|' read -r name rps p99 errs <<<"$r"
+  IFS='|' read -r name rps p99 errs upstream <<<"$r"
   case $name in
     segedge) what="edge ($edge_mode; ruleset $ruleset)"; ratio="—" ;;
     nginx) what="proxy_cache, unpersonalized (cache: ${nginx_cache:-?})"
@@ -291,9 +309,8 @@ for r in "${results[@]}"; do
       ratio=$(awk -v a="$a_rps" -v b="$rps" -v ap="$(to_us "$a_p99")" -v bp="$(to_us "$p99")" 'BEGIN { printf "(a)/(c): %.2fx req/s, %.2fx p99", a/b, ap/bp }') ;;
   esac
   table+="
-| $name | $what | $rps | $p99 | $errs | $ratio |"
+| $name | $what | $rps | $p99 | $errs | $upstream | $ratio |"
 done
-load=$(cut -d' ' -f1-3 /proc/loadavg)
 summary="$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load before: $load
 page: $page_bytes bytes, wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ncookies rotating segedge_uid cookies
 command: \`$cmdline\`"

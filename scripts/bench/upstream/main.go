@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +87,9 @@ const heroFragment = `<section class="hero"><h1>Welcome back</h1><p>Picked for y
 type site struct {
 	page, esi, fragment []byte
 	pageTag, esiTag     string
+	// served counts the requests answered (except the counter's own): the benchmark reads it
+	// before and after a run to tell a caching proxy from one that forwards every request.
+	served atomic.Int64
 }
 
 // newSite lays out the page: the hero slot first, the promo slot in the middle of the filler,
@@ -144,6 +148,12 @@ func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.URL.Path == "/_bench/requests" {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, s.served.Load())
+		return
+	}
+	s.served.Add(1)
 	var body []byte
 	var tag string
 	switch r.URL.Path {
