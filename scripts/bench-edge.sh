@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 : "${CORPUS:=/work/shared/corpus/pages/cloudflare.com.html}"
 : "${PAGE_BYTES:=51200}"
 : "${WARMUP:=3s}"
-cmdline="$0 $*"
+cmdline="$0${*:+ $*}"
 load=$(cut -d' ' -f1-3 /proc/loadavg) # before anything of ours runs: others share these cores
 for v in DURATION THREADS CONNECTIONS COOKIES PAGE_BYTES WARMUP SKIP_BUILD NO_DOC PROFILE; do
   if [[ -n "${!v:-}" ]] && env | grep -q "^$v="; then cmdline="$v=${!v} $cmdline"; fi
