@@ -168,10 +168,12 @@ ruleset="not uploaded"
 if code=$(curl -sS -o "$work/ruleset.out" -w '%{http_code}' -X PUT -H "Authorization: Bearer $admin" \
     -H 'Content-Type: application/yaml' --data-binary @scripts/bench/rules.yaml "http://127.0.0.1:$ORIGIN_PORT/v1/rulesets") \
     && [[ "$code" =~ ^2 ]]; then
-  ruleset="uploaded"
-  # The edge swaps to a new ruleset asynchronously: wait (bounded) for it to say so on a response.
-  for _ in $(seq 1 50); do
-    curl -fsS -D - -o /dev/null "http://127.0.0.1:$EDGE_PORT/" 2>/dev/null | grep -qi '^segedge-ruleset:' && break
+  version=$(sed -n 's/.*"version": *\([0-9][0-9]*\).*/\1/p' "$work/ruleset.out" | head -n1)
+  ruleset="v${version:-?} uploaded, the edge did not report it within 10 s"
+  # The edge swaps rulesets asynchronously: wait (bounded) until its responses carry the new version.
+  for _ in $(seq 1 100); do
+    got=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$EDGE_PORT/" 2>/dev/null | tr -d '\r' | awk -F': *' 'tolower($1)=="segedge-ruleset" {print $2}' || true)
+    if [[ -n "$got" && ( -z "$version" || "$got" == *"$version"* ) ]]; then ruleset="v${version:-$got} live on the edge"; break; fi
     sleep 0.1
   done
 else
@@ -200,6 +202,8 @@ if cmp -s "$work/edge-body.html" "$work/up-body.html" && [[ "$variants" -eq 1 ]]
 else
   edge_mode="personalized: $variants distinct bodies over $ncookies visitors"
 fi
+edge_cache=$(curl -fsS -D - -o /dev/null -H "Cookie: segedge_uid=$c1" "http://127.0.0.1:$EDGE_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1)=="segedge-cache" {print $2}' || true)
+edge_mode+="; cache: ${edge_cache:-none}"
 echo "   edge: $edge_mode"
 
 if [[ -n "${PROFILE:-}" ]] && command -v perf >/dev/null; then
@@ -262,7 +266,7 @@ nginx -t -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx-test.log" 2>
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >>"$work/nginx.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$NGINX_PORT/" nginx
 curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/"
-nginx_cache=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$NGINX_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}')
+nginx_cache=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$NGINX_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}' || true)
 echo "   cache: ${nginx_cache:-?} on the second request"
 run_wrk nginx "http://127.0.0.1:$NGINX_PORT/"
 kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
@@ -290,7 +294,7 @@ varnishd -F -a "127.0.0.1:$VARNISH_PORT" -f "$work/bench.vcl" -s malloc,256m -n 
 wait_http "http://127.0.0.1:$VARNISH_PORT/esi.html" varnish 30
 curl -fsS -o "$work/varnish-body.html" "http://127.0.0.1:$VARNISH_PORT/esi.html"
 grep -q 'Welcome back' "$work/varnish-body.html" || { echo "varnish did not assemble the ESI include" >&2; exit 1; }
-varnish_cache=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$VARNISH_PORT/esi.html" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}')
+varnish_cache=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$VARNISH_PORT/esi.html" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}' || true)
 echo "   ESI assembled ($(wc -c <"$work/varnish-body.html") bytes); cache: ${varnish_cache:-?} on the second request"
 run_wrk varnish-esi "http://127.0.0.1:$VARNISH_PORT/esi.html"
 kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
