@@ -315,9 +315,9 @@ for r in "${results[@]}"; do
   table+="
 | $name | $what | $rps | $p99 | $errs | $upstream | $ratio |"
 done
-summary="$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load before: $load
-page: $page_bytes bytes, wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ncookies rotating segedge_uid cookies
-command: \`$cmdline\`"
+summary="- $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load before: $load
+- page: $page_bytes bytes, wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ncookies rotating segedge_uid cookies
+- command: \`$cmdline\`"
 echo
 echo "$summary"
 echo
@@ -325,6 +325,6 @@ echo "$table"
 if [[ -z "${NO_DOC:-}" ]]; then
   mkdir -p docs/bench
   [[ -f docs/bench/edge.md ]] || printf '# Edge throughput: segedge vs nginx proxy_cache vs Varnish ESI\n\nRuns of `scripts/bench-edge.sh` (newest last). See the notes at the top for how to read them.\n' >docs/bench/edge.md
-  printf '\n## Run %s\n\n%s\n\n%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$summary" "$table" >>docs/bench/edge.md
+  printf '\n### Run %s\n\n%s\n\n%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$summary" "$table" >>docs/bench/edge.md
   echo; echo "appended to docs/bench/edge.md"
 fi
