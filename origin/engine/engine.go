@@ -309,6 +309,9 @@ func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.C
 // evaluateProfile is evaluate with the profile already at hand (Apply returns it).
 func (e *Engine) evaluateProfile(ctx context.Context, p int, prof *profile.Profile, cause delta.Cause, acceptedAt, due int64) error {
 	rules := e.cfg.Rules()
+	if rules == nil {
+		return nil // no ruleset yet: profiles update, memberships stay as last published
+	}
 	user := prof.UserID
 	var err error
 	now := e.cfg.Now()

@@ -123,6 +123,9 @@ func (m *Manager) Watch(ctx context.Context) error {
 	return nil
 }
 
+// LoadNow loads a version synchronously (at start, before events are consumed).
+func (m *Manager) LoadNow(ctx context.Context, version uint64) error { return m.load(ctx, version) }
+
 func (m *Manager) load(ctx context.Context, version uint64) error {
 	v, err := m.store.Get(ctx, version)
 	if err != nil {

@@ -25,6 +25,7 @@ type Config struct {
 	WriteKey           string        // SEGEDGE_WRITE_KEY: bearer key of server-side ingest
 	ReadKey            string        // SEGEDGE_READ_KEY: bearer key for reading users and segments
 	Retention          time.Duration // SEGEDGE_RETENTION: how long idle profiles are kept
+	RescanRate         float64       // SEGEDGE_RESCAN_RATE: profiles re-evaluated per second after a ruleset change
 	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
 	LogFormat          string        // LOG_FORMAT: text or json
 	LogLevel           string        // LOG_LEVEL
@@ -46,6 +47,7 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.WriteKey, "write-key", "SEGEDGE_WRITE_KEY", "", "bearer key for POST /v1/events at the origin; empty: server-side ingest refuses every request")
 	s.String(&c.ReadKey, "read-key", "SEGEDGE_READ_KEY", "", "bearer key that may read users and segments (GET /v1/users/…, /user/segments, /v1/segments) but change nothing; empty: only the admin token reads")
 	s.Duration(&c.Retention, "retention", "SEGEDGE_RETENTION", 90*24*time.Hour, "how long an idle profile is kept after its last event")
+	s.Float(&c.RescanRate, "rescan-rate", "SEGEDGE_RESCAN_RATE", 2000, "profiles re-evaluated per second in the background after a ruleset change")
 	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")

@@ -28,7 +28,10 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/origin/engine"
+	"github.com/segedge/segedge/origin/rulesets"
+	"github.com/segedge/segedge/wasm"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/store"
 )
@@ -125,6 +128,41 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	s := &origin{cfg: cfg, log: log, reg: reg, nc: nc, js: js, topo: topo,
 		ingest: ingest.NewPublisher(js, topo, "origin", reg), limits: event.DefaultLimits(),
 		store: st.profiles, members: st.members}
+	rt, err := wasm.NewRuntime(ctx, wasm.Config{Registerer: reg, Logger: log})
+	if err != nil {
+		return fmt.Errorf("wasm runtime: %w", err)
+	}
+	defer rt.Close(context.Background())
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	rstore, err := rulestore.Open(rctx, js, topo.RulesetBucket())
+	rcancel()
+	if err != nil {
+		return err
+	}
+	var rescan *engine.Rescanner
+	mgr := rulesets.NewManager(rstore, &rulesets.WasmCompiler{RT: rt}, log, reg, func(l rulesets.Loaded) {
+		s.rules.Store(&activeRuleset{Rules: l, segments: l.SegmentNames()})
+		if rescan != nil {
+			rescan.Start(l.Version())
+		}
+	})
+	s.rulesets = mgr
+	// Load the current version before consuming events, so no event is evaluated without it.
+	if cur, err := rstore.Current(ctx); err == nil {
+		if err := mgr.LoadNow(ctx, cur.Version); err != nil {
+			log.Error("current ruleset not loaded", "version", cur.Version, "err", err)
+		}
+	}
+	ready.Add("ruleset", func(ctx context.Context) error {
+		cur, err := rstore.Current(ctx)
+		if err != nil {
+			return nil // none stored yet
+		}
+		if a := mgr.Active(); a == nil || a.Version() != cur.Version {
+			return fmt.Errorf("ruleset %d not loaded", cur.Version)
+		}
+		return nil
+	})
 	eng, err := engine.New(engine.Config{
 		JS: js, Topology: topo, Store: st.profiles, Members: st.members, Schedule: st.schedule,
 		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log,
@@ -133,6 +171,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	s.engine = eng
+	rescan = engine.NewRescanner(eng, cfg.RescanRate, reg)
+	defer rescan.Stop()
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go mgr.Watch(wctx)
 	engCtx, stopEngine := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
@@ -182,7 +225,8 @@ type origin struct {
 	limits  event.Limits
 	store   store.Store
 	members members.Store
-	engine  *engine.Engine
+	engine   *engine.Engine
+	rulesets *rulesets.Manager
 	rules   atomic.Pointer[activeRuleset]
 }
 
@@ -229,6 +273,9 @@ func (o *origin) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /user/segments", reader(o.getUserSegments))
 	mux.HandleFunc("GET /v1/segments", reader(o.listSegments))
 	mux.HandleFunc("POST /v1/invalidate", admin(o.postInvalidate))
+	if o.rulesets != nil {
+		o.rulesets.Routes(mux, admin)
+	}
 }
 
 // redisLogger adapts go-redis's internal logging to slog.
