@@ -22,6 +22,8 @@ type Config struct {
 	NATSConnectTimeout time.Duration // SEGEDGE_NATS_CONNECT_TIMEOUT
 	CookieKey          string        // SEGEDGE_COOKIE_KEY: signs segedge_uid
 	DebugToken         string        // SEGEDGE_DEBUG_TOKEN: enables the Segedge-Debug header
+	CacheBytes         int           // SEGEDGE_CACHE_BYTES: bound of the HTTP cache
+	CountryHeader      string        // SEGEDGE_COUNTRY_HEADER: request header with the visitor's country
 	CookieSecure       bool          // SEGEDGE_COOKIE_SECURE: mark the cookie Secure (the edge is behind TLS)
 	BeaconRate         float64       // SEGEDGE_BEACON_RATE: events per second per visitor
 	StreamHeartbeat    time.Duration // SEGEDGE_STREAM_HEARTBEAT
@@ -47,6 +49,8 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.Duration(&c.NATSConnectTimeout, "nats-connect-timeout", "SEGEDGE_NATS_CONNECT_TIMEOUT", 30*time.Second, "how long to wait for the first NATS connection before giving up (not ready meanwhile)")
 	s.String(&c.CookieKey, "cookie-key", "SEGEDGE_COOKIE_KEY", "", "key (at least 32 bytes) that signs the segedge_uid cookie; empty: a random key per process, so cookies do not survive a restart")
 	s.String(&c.DebugToken, "debug-token", "SEGEDGE_DEBUG_TOKEN", "", "requests with header Segedge-Debug set to this token get debug headers; empty: never")
+	s.Int(&c.CacheBytes, "cache-bytes", "SEGEDGE_CACHE_BYTES", 256<<20, "bytes the HTTP cache may hold (bodies, headers, keys)")
+	s.String(&c.CountryHeader, "country-header", "SEGEDGE_COUNTRY_HEADER", "CF-IPCountry", "request header a trusted hop in front of the edge sets to the visitor's country (request.country)")
 	s.Bool(&c.CookieSecure, "cookie-secure", "SEGEDGE_COOKIE_SECURE", false, "mark the segedge_uid cookie Secure (set it when visitors reach the edge over TLS, e.g. behind a TLS terminator)")
 	s.Float(&c.BeaconRate, "beacon-rate", "SEGEDGE_BEACON_RATE", 10, "events per second one visitor may send to the beacon (bursts of 5x)")
 	s.Duration(&c.StreamHeartbeat, "stream-heartbeat", "SEGEDGE_STREAM_HEARTBEAT", 15*time.Second, "interval of heartbeats on /user/segments/stream")

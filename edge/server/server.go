@@ -13,12 +13,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/segedge/segedge/core/bus"
@@ -26,10 +28,12 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/proxy"
 	"github.com/segedge/segedge/edge/push"
 	"github.com/segedge/segedge/edge/replica"
+	"github.com/segedge/segedge/wasm"
 )
 
 // Main is the edge program: it parses args and the environment, runs until SIGINT or SIGTERM,
@@ -84,10 +88,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer opsLn.Close()
 
+	cache, err := httpcache.New(httpcache.Config{MaxBytes: uint64(cfg.CacheBytes)}, reg)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	rt, err := wasm.NewRuntime(ctx, wasm.Config{Registerer: reg, Logger: log})
+	if err != nil {
+		return fmt.Errorf("wasm runtime: %w", err)
+	}
+	defer rt.Close(context.Background())
+	e := &edge{cfg: cfg, log: log, cache: cache, rt: rt}
+	e.metrics(reg)
 	px, err := proxy.New(proxy.Config{
 		Upstream:     cfg.UpstreamURL,
 		ReadTimeout:  cfg.UpstreamTimeout,
 		WriteTimeout: cfg.UpstreamTimeout,
+		Cache:        cache,
+		OnCacheFill:  onCacheFill,
+		Render:       e.render,
 	}, reg, log)
 	if err != nil {
 		return fmt.Errorf("proxy to %s: %w", cfg.UpstreamURL, err)
@@ -101,12 +119,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.OriginToken != "" {
 		fetch = newOriginClient(cfg.OriginURL, cfg.OriginToken).fetch
 	}
-	e := &edge{cfg: cfg, log: log}
 	rep, err := replica.New(replica.Config{Topology: topo, MaxUsers: cfg.MaxUsers, Fetch: fetch, Registerer: reg, Log: log,
 		OnChange: func(user string, old, new *replica.Entry) { e.onReplicaChange(user, old, new) }})
 	if err != nil {
 		return err
 	}
+	ready.Add("ruleset", func(context.Context) error {
+		if msg, _ := e.rulesetErr.Load().(string); msg != "" {
+			return errors.New(msg)
+		}
+		if !e.rulesetsWatched.Load() {
+			return errors.New("ruleset store not read yet")
+		}
+		return nil
+	})
 	ready.Add("replica", func(context.Context) error {
 		if !rep.CaughtUp() {
 			return errors.New("segment replica still replaying DELTAS")
@@ -174,6 +200,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return
 		}
 		e.ingest.Store(ingest.NewPublisher(js, topo, "edge", reg))
+		go func() {
+			if err := e.watchRulesets(ctx, js, topo); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+		go func() {
+			if err := e.applyPurges(ctx, js, topo); err != nil && ctx.Err() == nil {
+				log.Error("purges not followed", "err", err)
+			}
+		}()
 		if err := rep.Run(ctx, js); err != nil {
 			errc <- err
 		}
@@ -222,12 +258,36 @@ type edge struct {
 	ingest     atomic.Pointer[ingest.Publisher]
 	ruleset    atomic.Uint64
 	done       chan struct{}
+
+	cache           *httpcache.Cache
+	rt              *wasm.Runtime
+	rs              atomic.Pointer[edgeRuleset]
+	rulesetsWatched atomic.Bool
+	rulesetErr      atomic.Value // string: why the newest version is not loaded
+	rulesetGauge    prometheus.Gauge
+	rulesetFailures prometheus.Counter
+	evalDur         prometheus.Histogram
+	spliceDur       prometheus.Histogram
+	evalFailures    prometheus.Counter
+}
+
+func (e *edge) metrics(reg prometheus.Registerer) {
+	lat := prometheus.ExponentialBuckets(0.000001, 2, 20)
+	e.rulesetGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_edge_ruleset_version", Help: "The ruleset version this edge evaluates."})
+	e.rulesetFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_ruleset_load_failures_total", Help: "Ruleset versions this edge could not load (it keeps the previous one)."})
+	e.evalDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_edge_eval_duration_seconds", Help: "One ruleset evaluation for a request (identity, replica, sandbox call).", Buckets: lat})
+	e.spliceDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_edge_splice_duration_seconds", Help: "Writing a personalized page from its chunks.", Buckets: lat})
+	e.evalFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_eval_failures_total", Help: "Evaluations that failed closed (the page kept its defaults)."})
+	reg.MustRegister(e.rulesetGauge, e.rulesetFailures, e.evalDur, e.spliceDur, e.evalFailures)
 }
 
 func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
 
 // handle is the public side: our own endpoints first, everything else to the upstream.
 func (e *edge) handle(ctx *fasthttp.RequestCtx) {
+	if v := e.ruleset.Load(); v > 0 {
+		defer ctx.Response.Header.Set("Segedge-Ruleset", strconv.FormatUint(v, 10))
+	}
 	path := ctx.Path()
 	switch {
 	case len(path) > 5 && string(path[:6]) == "/user/":

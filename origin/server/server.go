@@ -30,10 +30,10 @@ import (
 	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/origin/engine"
-	"github.com/segedge/segedge/origin/rulesets"
-	"github.com/segedge/segedge/wasm"
 	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/rulesets"
 	"github.com/segedge/segedge/origin/store"
+	"github.com/segedge/segedge/wasm"
 )
 
 // Main is the origin program: it parses args and the environment, runs until SIGINT or SIGTERM,
@@ -221,13 +221,13 @@ type origin struct {
 	js   jetstream.JetStream
 	topo bus.Topology
 
-	ingest  *ingest.Publisher
-	limits  event.Limits
-	store   store.Store
-	members members.Store
+	ingest   *ingest.Publisher
+	limits   event.Limits
+	store    store.Store
+	members  members.Store
 	engine   *engine.Engine
 	rulesets *rulesets.Manager
-	rules   atomic.Pointer[activeRuleset]
+	rules    atomic.Pointer[activeRuleset]
 }
 
 // activeRuleset is the ruleset in force at this origin.

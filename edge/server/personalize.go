@@ -1,0 +1,312 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/delta"
+	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/purge"
+	"github.com/segedge/segedge/core/rules"
+	"github.com/segedge/segedge/core/rulestore"
+	"github.com/segedge/segedge/edge/device"
+	"github.com/segedge/segedge/edge/httpcache"
+	"github.com/segedge/segedge/edge/identity"
+	"github.com/segedge/segedge/edge/page"
+	"github.com/segedge/segedge/edge/replica"
+	wruleset "github.com/segedge/segedge/wasm/ruleset"
+)
+
+// edgeRuleset is a ruleset version loaded at this edge, with everything a request needs
+// resolved once: replica ids of the features it reads, variant bytes per slot.
+type edgeRuleset struct {
+	version  uint64
+	ev       *wruleset.Evaluator
+	man      *rules.Manifest
+	featIDs  []uint16 // per manifest input: the replica's id of its feature key (inputs that are features)
+	featByID map[profile.Feature]uint16
+	variants [][][]byte // [slot][variant] bytes
+	results  sync.Pool
+	refs     sync.WaitGroup
+}
+
+// loadRuleset fetches a stored version and loads it into the sandbox. Fragment variants are
+// fetched from the upstream once, here, so no request waits for them.
+func (e *edge) loadRuleset(ctx context.Context, store *rulestore.Store, version uint64) (*edgeRuleset, error) {
+	v, err := store.Get(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+	var m rules.Manifest
+	if err := json.Unmarshal(v.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("ruleset %d manifest: %w", version, err)
+	}
+	ev, err := wruleset.Load(ctx, e.rt, fmt.Sprintf("ruleset-v%d", version), &rules.Ruleset{Module: v.Module, Manifest: m})
+	if err != nil {
+		return nil, err
+	}
+	rs := &edgeRuleset{version: version, ev: ev, man: ev.Manifest(), featByID: map[profile.Feature]uint16{}}
+	for _, in := range rs.man.Inputs {
+		var id uint16
+		if in.Request == "" {
+			id = e.replica.ID(delta.FeatureKey(in.Feature))
+			rs.featByID[in.Feature] = id
+		}
+		rs.featIDs = append(rs.featIDs, id)
+	}
+	for _, s := range rs.man.Slots {
+		var vs [][]byte
+		for _, vi := range s.Variants {
+			b := []byte(vi.HTML)
+			if vi.Fragment != "" {
+				if b, err = e.fetchFragment(ctx, vi.Fragment); err != nil {
+					ev.Close()
+					return nil, fmt.Errorf("slot %s: fragment %s: %w", s.Name, vi.Fragment, err)
+				}
+			}
+			vs = append(vs, b)
+		}
+		rs.variants = append(rs.variants, vs)
+	}
+	rs.results.New = func() any { return rs.man.NewResult() }
+	return rs, nil
+}
+
+func (e *edge) fetchFragment(ctx context.Context, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", e.cfg.UpstreamURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		return nil, fmt.Errorf("upstream answered %d", res.StatusCode)
+	}
+	return io.ReadAll(io.LimitReader(res.Body, 1<<20))
+}
+
+// watchRulesets follows the current ruleset pointer and swaps versions in.
+func (e *edge) watchRulesets(ctx context.Context, js jetstream.JetStream, topo bus.Topology) error {
+	store, err := rulestore.Open(ctx, js, topo.RulesetBucket())
+	if err != nil {
+		return err
+	}
+	ch, err := store.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	e.rulesetsWatched.Store(true)
+	for p := range ch {
+		if cur := e.rs.Load(); cur != nil && cur.version == p.Version {
+			continue
+		}
+		rs, err := e.loadRuleset(ctx, store, p.Version)
+		if err != nil {
+			e.rulesetFailures.Inc()
+			e.log.Error("ruleset not loaded; serving the previous version", "version", p.Version, "err", err)
+			e.rulesetErr.Store(fmt.Sprintf("ruleset %d: %v", p.Version, err))
+			continue
+		}
+		e.rulesetErr.Store("")
+		old := e.rs.Swap(rs)
+		e.ruleset.Store(rs.version)
+		e.rulesetGauge.Set(float64(rs.version))
+		e.log.Info("ruleset active", "version", rs.version, "segments", len(rs.man.Segments))
+		if old != nil {
+			go func() { old.refs.Wait(); old.ev.Close() }()
+		}
+	}
+	return nil
+}
+
+// acquire returns the current ruleset with a reference held; release with rs.refs.Done().
+func (e *edge) acquire() *edgeRuleset {
+	for {
+		rs := e.rs.Load()
+		if rs == nil {
+			return nil
+		}
+		rs.refs.Add(1)
+		if e.rs.Load() == rs {
+			return rs
+		}
+		rs.refs.Done()
+	}
+}
+
+// applyPurges follows the INVALIDATE stream from now on and purges the cache.
+func (e *edge) applyPurges(ctx context.Context, js jetstream.JetStream, topo bus.Topology) error {
+	cons, err := js.OrderedConsumer(ctx, topo.InvalidateStream(), jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return fmt.Errorf("follow purges: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("follow purges: %w", err)
+	}
+	defer it.Stop()
+	for ctx.Err() == nil {
+		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			continue
+		}
+		req, err := purge.Decode(msg.Data())
+		if err != nil {
+			e.log.Warn("unreadable purge skipped", "err", err)
+			continue
+		}
+		n := e.cache.Apply(req)
+		e.log.Info("purge applied", "id", req.ID, "entries", n)
+	}
+	return nil
+}
+
+// onCacheFill cuts an HTML page into chunks and slots once, as it enters the cache.
+func onCacheFill(en *httpcache.Entry) {
+	if en.Status != 200 || !isHTML([]byte(en.Get("Content-Type"))) || en.Get("Content-Encoding") != "" {
+		return
+	}
+	if p := page.Compile(en.Body); len(p.Slots()) > 0 {
+		en.Compiled = p
+	}
+}
+
+// render is the personalized response from a cached page: one evaluation of the ruleset for
+// this visitor and request, then the page's chunks with each slot's chosen variant.
+func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
+	pg, ok := en.Compiled.(*page.Page)
+	if !ok {
+		return false
+	}
+	rs := e.acquire()
+	if rs == nil {
+		return false
+	}
+	defer rs.refs.Done()
+	t0 := time.Now()
+	v := e.identify(ctx)
+	var ent *replica.Entry
+	if !v.new {
+		ent = e.replica.Lookup(ctx, string(v.id))
+	}
+	res := rs.results.Get().(*rules.Result)
+	defer rs.results.Put(res)
+	req := reqSource{ctx: ctx, id: v.id, countryHeader: e.cfg.CountryHeader}
+	var err error
+	if ent != nil {
+		err = rs.ev.Evaluate(ctx, entrySource{e: ent, r: e.replica, rs: rs}, req, time.Now(), res)
+	} else {
+		err = rs.ev.Evaluate(ctx, nil, req, time.Now(), res)
+	}
+	e.evalDur.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		e.evalFailures.Inc() // fail closed: the page keeps its defaults
+		rs.man.Fail(res)
+	}
+	vp := variantsPool.Get().(*[][]byte)
+	defer variantsPool.Put(vp)
+	variants := (*vp)[:0]
+	for range pg.Slots() {
+		variants = append(variants, nil)
+	}
+	h := fnv.New64a()
+	for i, s := range rs.man.Slots {
+		j := pg.SlotIndex(s.Name)
+		c := res.Variants[i]
+		if j < 0 || c < 0 || int(c) >= len(rs.variants[i]) {
+			continue
+		}
+		variants[j] = rs.variants[i][c]
+		h.Write([]byte{byte(i), byte(c)})
+	}
+	*vp = variants
+	t1 := time.Now()
+	ctx.Response.ResetBody()
+	pg.Render(ctx.Response.BodyWriter(), variants)
+	e.spliceDur.Observe(time.Since(t1).Seconds())
+	rh := &ctx.Response.Header
+	rh.Set("Cache-Control", "private, no-cache")
+	rh.Set("Vary", "Cookie")
+	rh.Set("ETag", `"`+strconv.FormatUint(h.Sum64()^uint64(len(en.ETag)), 36)+"-"+strconv.FormatUint(rs.version, 10)+`"`)
+	if e.cfg.DebugToken != "" && string(ctx.Request.Header.Peek("Segedge-Debug")) == e.cfg.DebugToken {
+		var segs []byte
+		for i, s := range rs.man.Segments {
+			if res.IsMember(i) {
+				if len(segs) > 0 {
+					segs = append(segs, ' ')
+				}
+				segs = append(segs, s.Name...)
+			}
+		}
+		rh.SetBytesV("Segedge-Debug-Segments", segs)
+	}
+	return true
+}
+
+var variantsPool = sync.Pool{New: func() any { s := make([][]byte, 0, 8); return &s }}
+
+// entrySource gives the evaluator a replica entry's feature values.
+type entrySource struct {
+	e  *replica.Entry
+	r  *replica.Replica
+	rs *edgeRuleset
+}
+
+func (s entrySource) Value(f profile.Feature, _ time.Time) (profile.Value, bool) {
+	id, ok := s.rs.featByID[f]
+	if !ok {
+		return profile.Value{}, false
+	}
+	return s.r.Feature(s.e, id)
+}
+
+func (s entrySource) FeatureAt(i int, _ profile.Feature, _ time.Time) (profile.Value, bool) {
+	return s.r.Feature(s.e, s.rs.featIDs[i])
+}
+
+// reqSource is the request context rules read (request.*), over the fasthttp request.
+type reqSource struct {
+	ctx           *fasthttp.RequestCtx
+	id            []byte
+	countryHeader string
+}
+
+func (r reqSource) Path() string    { return string(r.ctx.Path()) }
+func (r reqSource) Country() string { return string(r.ctx.Request.Header.Peek(r.countryHeader)) }
+func (r reqSource) Device() string {
+	return device.ClassifyBytes(r.ctx.Request.Header.UserAgent()).String()
+}
+func (r reqSource) Hour() int   { return time.Now().UTC().Hour() }
+func (r reqSource) Bucket() int { return identity.Bucket(r.id) }
+func (r reqSource) Query(name string) (string, bool) {
+	v := r.ctx.QueryArgs().Peek(name)
+	return string(v), v != nil
+}
+func (r reqSource) Header(name string) (string, bool) {
+	v := r.ctx.Request.Header.Peek(name)
+	return string(v), v != nil
+}
+func (r reqSource) Cookie(name string) (string, bool) {
+	v := r.ctx.Request.Header.Cookie(name)
+	return string(v), v != nil
+}
