@@ -68,7 +68,7 @@ type Manager struct {
 	store    *rulestore.Store
 	compiler Compiler
 	log      *slog.Logger
-	onSwap   func(Loaded)
+	onSwap   func(l Loaded, source []byte)
 
 	mu     sync.Mutex
 	active Loaded
@@ -80,7 +80,7 @@ type Manager struct {
 
 // NewManager returns a manager; onSwap is called with each newly active version (after which
 // the previous one is closed).
-func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg prometheus.Registerer, onSwap func(Loaded)) *Manager {
+func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg prometheus.Registerer, onSwap func(l Loaded, source []byte)) *Manager {
 	m := &Manager{
 		store: store, compiler: c, log: log, onSwap: onSwap,
 		swaps:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_ruleset_loads_total", Help: "Ruleset versions loaded, by result (ok, error)."}, []string{"result"}),
@@ -141,7 +141,7 @@ func (m *Manager) load(ctx context.Context, version uint64) error {
 	m.mu.Unlock()
 	m.version.Set(float64(version))
 	if m.onSwap != nil {
-		m.onSwap(l)
+		m.onSwap(l, v.Source)
 	}
 	if old != nil {
 		old.Close()

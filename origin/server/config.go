@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/segedge/segedge/core/bus"
@@ -25,6 +26,8 @@ type Config struct {
 	WriteKey           string        // SEGEDGE_WRITE_KEY: bearer key of server-side ingest
 	ReadKey            string        // SEGEDGE_READ_KEY: bearer key for reading users and segments
 	Retention          time.Duration // SEGEDGE_RETENTION: how long idle profiles are kept
+	WebhookSecret      string        // SEGEDGE_WEBHOOK_SECRET: signs trigger webhooks
+	WebhookAllow       string        // SEGEDGE_WEBHOOK_ALLOW: hosts webhooks may reach despite the private-address guard
 	RescanRate         float64       // SEGEDGE_RESCAN_RATE: profiles re-evaluated per second after a ruleset change
 	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
 	LogFormat          string        // LOG_FORMAT: text or json
@@ -47,6 +50,8 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.WriteKey, "write-key", "SEGEDGE_WRITE_KEY", "", "bearer key for POST /v1/events at the origin; empty: server-side ingest refuses every request")
 	s.String(&c.ReadKey, "read-key", "SEGEDGE_READ_KEY", "", "bearer key that may read users and segments (GET /v1/users/…, /user/segments, /v1/segments) but change nothing; empty: only the admin token reads")
 	s.Duration(&c.Retention, "retention", "SEGEDGE_RETENTION", 90*24*time.Hour, "how long an idle profile is kept after its last event")
+	s.String(&c.WebhookSecret, "webhook-secret", "SEGEDGE_WEBHOOK_SECRET", "", "HMAC-SHA256 key of the X-Segedge-Signature header on trigger webhooks; empty: webhooks are not called")
+	s.String(&c.WebhookAllow, "webhook-allow", "SEGEDGE_WEBHOOK_ALLOW", "", "comma-separated hosts (e.g. 127.0.0.1, *.example.com) webhooks may reach even on private addresses")
 	s.Float(&c.RescanRate, "rescan-rate", "SEGEDGE_RESCAN_RATE", 2000, "profiles re-evaluated per second in the background after a ruleset change")
 	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
@@ -71,4 +76,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("SEGEDGE_PARTITIONS %d: want 1 to 1024", c.Partitions))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) webhookAllow() []string {
+	var out []string
+	for _, h := range strings.Split(c.WebhookAllow, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			out = append(out, h)
+		}
+	}
+	return out
 }

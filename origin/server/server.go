@@ -28,11 +28,13 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/origin/engine"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/rulesets"
 	"github.com/segedge/segedge/origin/store"
+	"github.com/segedge/segedge/origin/trigger"
 	"github.com/segedge/segedge/wasm"
 )
 
@@ -140,8 +142,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	var rescan *engine.Rescanner
-	mgr := rulesets.NewManager(rstore, &rulesets.WasmCompiler{RT: rt}, log, reg, func(l rulesets.Loaded) {
+	firer, err := trigger.NewFirer(ctx, trigger.FirerConfig{JS: js, Topology: topo, AllowHosts: cfg.webhookAllow(), Registerer: reg, Log: log})
+	if err != nil {
+		return fmt.Errorf("triggers: %w", err)
+	}
+	if cfg.WebhookSecret == "" {
+		log.Warn("SEGEDGE_WEBHOOK_SECRET is empty: trigger firings are published on NATS but no webhook is called")
+	} else {
+		disp, err := trigger.NewDispatcher(trigger.DispatcherConfig{JS: js, Topology: topo, Secret: []byte(cfg.WebhookSecret),
+			AllowHosts: cfg.webhookAllow(), Registerer: reg, Log: log})
+		if err != nil {
+			return fmt.Errorf("webhooks: %w", err)
+		}
+		dctx, stopDisp := context.WithCancel(context.Background())
+		defer stopDisp()
+		go disp.Run(dctx)
+	}
+	mgr := rulesets.NewManager(rstore, &rulesets.WasmCompiler{RT: rt}, log, reg, func(l rulesets.Loaded, src []byte) {
 		s.rules.Store(&activeRuleset{Rules: l, segments: l.SegmentNames()})
+		if err := firer.SetTriggers(triggersOf(src)); err != nil {
+			log.Error("triggers of the new ruleset not set; keeping the previous ones", "version", l.Version(), "err", err)
+		}
 		if rescan != nil {
 			rescan.Start(l.Version())
 		}
@@ -165,7 +186,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	eng, err := engine.New(engine.Config{
 		JS: js, Topology: topo, Store: st.profiles, Members: st.members, Schedule: st.schedule,
-		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log,
+		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log, Triggers: firer,
 	})
 	if err != nil {
 		return err
@@ -283,4 +304,27 @@ type redisLogger struct{ log *slog.Logger }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
+
+// triggersOf reads the enter/exit triggers of a stored rules file (threshold triggers are not
+// fired yet: see the triggers docs).
+func triggersOf(src []byte) []trigger.Trigger {
+	f, err := rules.Parse("rules.yaml", src)
+	if err != nil {
+		return nil
+	}
+	var out []trigger.Trigger
+	for _, d := range f.Triggers {
+		var k trigger.Kind
+		switch d.Kind {
+		case rules.TriggerEnter:
+			k = trigger.Enter
+		case rules.TriggerExit:
+			k = trigger.Exit
+		default:
+			continue
+		}
+		out = append(out, trigger.Trigger{Name: d.Name, On: k, Segment: d.Segment, Webhook: d.Webhook})
+	}
+	return out
 }
