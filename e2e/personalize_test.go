@@ -98,4 +98,17 @@ func TestAnEventChangesWhatThatVisitorSeesAndOnlyThem(t *testing.T) {
 	if _, body := get(t, sys.edgeURL+"/", b); !strings.Contains(body, `<div data-seg-slot="hero">Welcome</div>`) {
 		t.Fatalf("visitor B sees A's personalization: %q", body)
 	}
+	// One slot at a time, for the browser client.
+	if res, body := get(t, sys.edgeURL+"/user/slots/hero", a); res.StatusCode != 200 || !strings.HasPrefix(body, "<h1>Your cart is waiting") {
+		t.Fatalf("slot for A: %d %q", res.StatusCode, body)
+	}
+	if res, _ := get(t, sys.edgeURL+"/user/slots/hero", b); res.StatusCode != 204 {
+		t.Fatalf("slot for B: %d, want 204 (keep the default)", res.StatusCode)
+	}
+	if res, _ := get(t, sys.edgeURL+"/user/slots/nope", b); res.StatusCode != 404 {
+		t.Fatalf("unknown slot: %d", res.StatusCode)
+	}
+	if res, body := get(t, sys.edgeURL+"/segedge.js", ""); res.StatusCode != 200 || !strings.Contains(body, "segedge:change") {
+		t.Fatalf("/segedge.js: %d", res.StatusCode)
+	}
 }

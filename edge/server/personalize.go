@@ -203,26 +203,9 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 		return false
 	}
 	defer rs.refs.Done()
-	t0 := time.Now()
-	v := e.identify(ctx)
-	var ent *replica.Entry
-	if !v.new {
-		ent = e.replica.Lookup(ctx, string(v.id))
-	}
 	res := rs.results.Get().(*rules.Result)
 	defer rs.results.Put(res)
-	req := reqSource{ctx: ctx, id: v.id, countryHeader: e.cfg.CountryHeader}
-	var err error
-	if ent != nil {
-		err = rs.ev.Evaluate(ctx, entrySource{e: ent, r: e.replica, rs: rs}, req, time.Now(), res)
-	} else {
-		err = rs.ev.Evaluate(ctx, nil, req, time.Now(), res)
-	}
-	e.evalDur.Observe(time.Since(t0).Seconds())
-	if err != nil {
-		e.evalFailures.Inc() // fail closed: the page keeps its defaults
-		rs.man.Fail(res)
-	}
+	e.evaluate(ctx, rs, res)
 	vp := variantsPool.Get().(*[][]byte)
 	defer variantsPool.Put(vp)
 	variants := (*vp)[:0]
@@ -261,6 +244,62 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 		rh.SetBytesV("Segedge-Debug-Segments", segs)
 	}
 	return true
+}
+
+// evaluate runs the ruleset once for this visitor and request into res. On failure res says
+// "no segments, every error bit" and the page keeps its defaults (fail closed).
+func (e *edge) evaluate(ctx *fasthttp.RequestCtx, rs *edgeRuleset, res *rules.Result) {
+	t0 := time.Now()
+	v := e.identify(ctx)
+	var ent *replica.Entry
+	if !v.new {
+		ent = e.replica.Lookup(ctx, string(v.id))
+	}
+	req := reqSource{ctx: ctx, id: v.id, countryHeader: e.cfg.CountryHeader}
+	var err error
+	if ent != nil {
+		err = rs.ev.Evaluate(ctx, entrySource{e: ent, r: e.replica, rs: rs}, req, time.Now(), res)
+	} else {
+		err = rs.ev.Evaluate(ctx, nil, req, time.Now(), res)
+	}
+	e.evalDur.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		e.evalFailures.Inc()
+		rs.man.Fail(res)
+	}
+}
+
+// getSlot is GET /user/slots/{name}: the chosen variant of one slot for this visitor, so a client
+// can refresh a slot in place. 204 means "keep the page's default".
+func (e *edge) getSlot(ctx *fasthttp.RequestCtx, name string) {
+	ctx.Response.Header.Set("Cache-Control", "private, no-store")
+	rs := e.acquire()
+	if rs == nil {
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		return
+	}
+	defer rs.refs.Done()
+	slot := -1
+	for i, s := range rs.man.Slots {
+		if s.Name == name {
+			slot = i
+		}
+	}
+	if slot < 0 {
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+		ctx.SetBodyString("no such slot\n")
+		return
+	}
+	res := rs.results.Get().(*rules.Result)
+	defer rs.results.Put(res)
+	e.evaluate(ctx, rs, res)
+	c := res.Variants[slot]
+	if c < 0 || int(c) >= len(rs.variants[slot]) {
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		return
+	}
+	ctx.SetContentType("text/html; charset=utf-8")
+	ctx.SetBody(rs.variants[slot][c])
 }
 
 var variantsPool = sync.Pool{New: func() any { s := make([][]byte, 0, 8); return &s }}

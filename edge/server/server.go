@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -336,6 +337,10 @@ func (e *edge) userRoute(ctx *fasthttp.RequestCtx, path []byte) {
 	case "/user/segments/stream":
 		e.streamSegments(ctx)
 	default:
+		if name, ok := strings.CutPrefix(string(path), "/user/slots/"); ok && name != "" {
+			e.getSlot(ctx, name)
+			return
+		}
 		e.proxy.Handle(ctx) // the site's own /user/... pages
 	}
 }
