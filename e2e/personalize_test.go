@@ -51,6 +51,17 @@ func TestAnEventChangesWhatThatVisitorSeesAndOnlyThem(t *testing.T) {
 	resA, _ := get(t, sys.edgeURL+"/", "")
 	resB, _ := get(t, sys.edgeURL+"/", "")
 	a, b := cookieOf(resA), cookieOf(resB)
+	for _, res := range []*http.Response{resA, resB} {
+		n := 0
+		for _, v := range res.Header.Values("Set-Cookie") {
+			if strings.HasPrefix(v, "segedge_uid=") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d segedge_uid cookies set on one response, want 1", n)
+		}
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		res, body := get(t, sys.edgeURL+"/", a)

@@ -317,7 +317,8 @@ func (e *edge) handle(ctx *fasthttp.RequestCtx) {
 func (e *edge) serveSite(ctx *fasthttp.RequestCtx) {
 	_, known := e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName))
 	e.proxy.Handle(ctx)
-	if !known && isHTML(ctx.Response.Header.ContentType()) {
+	// Render (a personalized page) has identified the visitor already.
+	if !known && isHTML(ctx.Response.Header.ContentType()) && ctx.Response.Header.PeekCookie(identity.CookieName) == nil {
 		e.identify(ctx)
 	}
 }
