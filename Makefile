@@ -4,7 +4,7 @@ GO       ?= go
 BIN      := bin
 PROGRAMS := origin edge demosite
 
-.PHONY: all build run test vet bench fuzz clean
+.PHONY: all build run test vet bench bench-edge bench-origin clean
 
 all: build
 
@@ -13,6 +13,7 @@ build:
 	$(GO) build -o $(BIN)/origin ./origin
 	$(GO) build -o $(BIN)/edge ./edge
 	$(GO) build -o $(BIN)/demosite ./scripts/demosite
+	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o $(BIN)/pathpromo.wasm ./wasm/examples/pathpromo
 
 run: build
 	@scripts/run.sh
@@ -25,6 +26,13 @@ test: vet
 
 bench:
 	@scripts/bench.sh
+
+# HTTP comparisons (install wrk, nginx and varnish from Debian when missing).
+bench-edge: build
+	scripts/bench-edge.sh
+
+bench-origin: build
+	scripts/bench-origin.sh
 
 clean:
 	rm -rf $(BIN)
