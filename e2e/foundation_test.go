@@ -17,6 +17,7 @@ import (
 // system is origin + edge running as real processes in front of an upstream.
 type system struct {
 	origin, edge           *proc
+	edgeNATS               string // the NATS URL the edge uses
 	originURL, edgeURL     string
 	edgeOpsURL, natsPrefix string
 }
@@ -64,6 +65,7 @@ func startSystem(t *testing.T, svc services, upstream string, edgeEnv ...string)
 	waitStatus(t, sys.origin, sys.originURL+"/readyz", 200, 20*time.Second)
 
 	edgeAddr, opsAddr := freeAddr(t), freeAddr(t)
+	sys.edgeNATS = natsURL
 	sys.edge = start(t, "edge", append([]string{
 		"EDGE_ADDR=" + edgeAddr, "EDGE_OPS_ADDR=" + opsAddr, "UPSTREAM_URL=" + upstream,
 		"ORIGIN_URL=" + sys.originURL, "NATS_URL=" + natsURL, "SEGEDGE_NATS_PREFIX=" + sys.natsPrefix,

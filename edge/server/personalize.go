@@ -230,6 +230,7 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 	rh := &ctx.Response.Header
 	rh.Set("Cache-Control", "private, no-cache")
 	rh.Set("Vary", "Cookie")
+	rh.Set("Segedge-Ruleset", strconv.FormatUint(rs.version, 10))
 	rh.Set("ETag", `"`+strconv.FormatUint(h.Sum64()^uint64(len(en.ETag)), 36)+"-"+strconv.FormatUint(rs.version, 10)+`"`)
 	if e.cfg.DebugToken != "" && string(ctx.Request.Header.Peek("Segedge-Debug")) == e.cfg.DebugToken {
 		var segs []byte

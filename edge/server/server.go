@@ -284,11 +284,17 @@ func (e *edge) metrics(reg prometheus.Registerer) {
 
 func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
 
+// rulesetHeader says which ruleset version answered, unless the personalized render already
+// named the exact version it evaluated (a swap may happen during a request).
+func (e *edge) rulesetHeader(ctx *fasthttp.RequestCtx) {
+	if v := e.ruleset.Load(); v > 0 && ctx.Response.Header.Peek("Segedge-Ruleset") == nil {
+		ctx.Response.Header.Set("Segedge-Ruleset", strconv.FormatUint(v, 10))
+	}
+}
+
 // handle is the public side: our own endpoints first, everything else to the upstream.
 func (e *edge) handle(ctx *fasthttp.RequestCtx) {
-	if v := e.ruleset.Load(); v > 0 {
-		defer ctx.Response.Header.Set("Segedge-Ruleset", strconv.FormatUint(v, 10))
-	}
+	defer e.rulesetHeader(ctx)
 	path := ctx.Path()
 	switch {
 	case len(path) > 5 && string(path[:6]) == "/user/":

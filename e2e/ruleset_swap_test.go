@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// swapRules is a ruleset whose hero says which version produced it, so a response that mixed two
+// versions (header of one, body of another) is visible.
+func swapRules(n int) string {
+	return fmt.Sprintf(`segments:
+  - name: everyone
+    rule: request.bucket >= 0
+slots:
+  - name: hero
+    variants:
+      - when: everyone
+        html: 'v%d'
+`, n)
+}
+
+func TestRulesetSwapsReachEveryEdgeWithoutFailedOrMixedResponses(t *testing.T) {
+	up := siteUpstream(t)
+	sys := startSystem(t, services{}, up.URL)
+	// A second edge on the same NATS.
+	edge2Addr, ops2 := freeAddr(t), freeAddr(t)
+	edge2 := start(t, "edge", "EDGE_ADDR="+edge2Addr, "EDGE_OPS_ADDR="+ops2, "UPSTREAM_URL="+up.URL,
+		"NATS_URL="+sys.edgeNATS, "SEGEDGE_NATS_PREFIX="+sys.natsPrefix,
+		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789")
+	waitStatus(t, edge2, "http://"+ops2+"/readyz", 200, 20*time.Second)
+	edges := []string{sys.edgeURL, "http://" + edge2Addr}
+
+	push := func(n int) {
+		req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(swapRules(n)))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 201 {
+			t.Fatalf("push %d: %d", n, res.StatusCode)
+		}
+	}
+	versionOn := func(edge string) (string, string, int) {
+		res, err := http.Get(edge + "/")
+		if err != nil {
+			return "", "", 0
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res.Header.Get("Segedge-Ruleset"), string(b), res.StatusCode
+	}
+
+	// Steady load on both edges while versions swap.
+	stop := make(chan struct{})
+	var failed, mixed, total atomic.Int64
+	var wg sync.WaitGroup
+	for _, edge := range edges {
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					v, body, code := versionOn(edge)
+					total.Add(1)
+					if code != 200 {
+						failed.Add(1)
+						continue
+					}
+					if v != "" && !strings.Contains(body, `data-seg-slot="hero">v`+v+`<`) {
+						mixed.Add(1)
+					}
+				}
+			}()
+		}
+	}
+	var lat []time.Duration
+	for n := 1; n <= 50; n++ {
+		t0 := time.Now()
+		push(n)
+		want := fmt.Sprint(n)
+		for _, edge := range edges {
+			for {
+				if v, _, _ := versionOn(edge); v == want {
+					break
+				}
+				if time.Since(t0) > 10*time.Second {
+					t.Fatalf("version %d not live on %s after 10s", n, edge)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	close(stop)
+	wg.Wait()
+	slices.Sort(lat)
+	t.Logf("push → live on both edges over 50 pushes: p50 %s, max %s; %d requests during the swaps", lat[len(lat)/2], lat[len(lat)-1], total.Load())
+	if f, m := failed.Load(), mixed.Load(); f != 0 || m != 0 {
+		t.Fatalf("%d failed and %d mixed responses during 50 swaps", f, m)
+	}
+}
