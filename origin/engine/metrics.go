@@ -16,7 +16,8 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	lat := prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5ms .. 16s
+	// Fine around the 10 ms goal, coarse in the tail.
+	lat := []float64{0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 	m := &metrics{
 		applied:         prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
 		duplicates:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
