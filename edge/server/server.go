@@ -11,12 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,7 +22,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/segedge/segedge/core/bus"
-	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
@@ -41,30 +37,11 @@ import (
 // and returns the exit code. Errors are printed as one line on stderr.
 func Main(args []string, stderr io.Writer) int {
 	var cfg Config
-	fs := Flags(&cfg, stderr)
-	if err := fs.Parse(args, os.LookupEnv); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "edge: %v\n", err)
-		return 2
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "edge: %v\n", config.OneLine(err))
-		return 2
-	}
-	log, err := ops.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-	if err != nil {
-		fmt.Fprintf(stderr, "edge: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := Run(ctx, cfg, log); err != nil {
-		fmt.Fprintf(stderr, "edge: %v\n", config.OneLine(err))
-		return 1
-	}
-	return 0
+	return ops.Main(ops.Program{
+		Name: "edge", Settings: Flags(&cfg, stderr), Validate: cfg.Validate,
+		LogFormat: &cfg.LogFormat, LogLevel: &cfg.LogLevel,
+		Run: func(ctx context.Context, log *slog.Logger) error { return Run(ctx, cfg, log) },
+	}, args, stderr)
 }
 
 // Run starts the edge and blocks until ctx is done or a fatal error happens, then shuts down

@@ -11,11 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,7 +21,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segedge/segedge/core/bus"
-	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
@@ -42,33 +38,16 @@ import (
 // and returns the exit code. Errors are printed as one line on stderr.
 func Main(args []string, stderr io.Writer) int {
 	var cfg Config
-	fs := Flags(&cfg, stderr)
-	if err := fs.Parse(args, os.LookupEnv); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "origin: %v\n", err)
-		return 2
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "origin: %v\n", config.OneLine(err))
-		return 2
-	}
-	log, err := ops.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-	if err != nil {
-		fmt.Fprintf(stderr, "origin: %v\n", err)
-		return 2
-	}
-	// go-redis logs dial retries on its own to stderr; route them to our logger at debug level so
-	// the one-line error below is what a person sees.
-	redis.SetLogger(redisLogger{log})
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := Run(ctx, cfg, log); err != nil {
-		fmt.Fprintf(stderr, "origin: %v\n", config.OneLine(err))
-		return 1
-	}
-	return 0
+	return ops.Main(ops.Program{
+		Name: "origin", Settings: Flags(&cfg, stderr), Validate: cfg.Validate,
+		LogFormat: &cfg.LogFormat, LogLevel: &cfg.LogLevel,
+		Run: func(ctx context.Context, log *slog.Logger) error {
+			// go-redis logs dial retries on its own to stderr; route them to our logger at debug
+			// level so the one-line error is what a person sees.
+			redis.SetLogger(redisLogger{log})
+			return Run(ctx, cfg, log)
+		},
+	}, args, stderr)
 }
 
 // Run starts the origin and blocks until ctx is done, then shuts down: it stops accepting, lets
