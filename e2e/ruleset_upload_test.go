@@ -1,0 +1,71 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestBadRulesetUploadsAreRefusedPreciselyAndChangeNothing(t *testing.T) {
+	sys := startSystem(t, services{}, testUpstream(t).URL)
+	put := func(body, ifMatch string) (int, string) {
+		req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		if ifMatch != "" {
+			req.Header.Set("If-Match", ifMatch)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res.StatusCode, string(b)
+	}
+	good := "segments:\n  - name: a\n    rule: count(\"x\", \"30m\") > 0\n"
+	if code, body := put(good, ""); code != 201 {
+		t.Fatalf("good upload: %d %s", code, body)
+	}
+	tests := []struct {
+		name, body string
+		code       int
+		want       string
+	}{
+		{"syntax", "segments:\n  - name: a\n    rule: count(\"x\", \"30m\" > \n", 422, "rules.yaml:3"},
+		{"type", "segments:\n  - name: a\n    rule: count(\"x\", \"30m\") == \"many\"\n", 422, "rules.yaml:3"},
+		{"window", "segments:\n  - name: a\n    rule: count(\"x\", \"30x\") > 0\n", 422, "unknown event window"},
+		{"cycle", "segments:\n  - name: a\n    rule: segment(\"b\")\n  - name: b\n    rule: segment(\"a\")\n", 422, "cycle"},
+		{"failing test", "segments:\n  - name: a\n    rule: count(\"x\", \"30m\") > 0\ntests:\n  - profile: {counts: {x/30m: 0}}\n    expect: {a: true}\n", 422, "test"},
+		{"unknown slot segment", "segments:\n  - name: a\n    rule: request.bucket > 5\nslots:\n  - name: hero\n    variants:\n      - when: nope\n        html: x\n", 422, "nope"},
+		{"unknown field", "segments:\n  - name: a\n    rule: request.bucket > 5\n    colour: red\n", 422, "colour"},
+		{"empty", "", 422, "empty"},
+		{"oversized", strings.Repeat("#", 5<<20), 413, "over"},
+	}
+	for _, tt := range tests {
+		code, body := put(tt.body, "")
+		if code != tt.code || !strings.Contains(body, tt.want) {
+			t.Errorf("%s: %d %.300s; want %d mentioning %q", tt.name, code, body, tt.code, tt.want)
+		}
+	}
+	// A stale If-Match is refused; nothing changed: version 1 is still current.
+	if code, _ := put(good, `"7"`); code != 412 {
+		t.Errorf("stale If-Match: %d, want 412", code)
+	}
+	req, _ := http.NewRequest("GET", sys.originURL+"/v1/rulesets", nil)
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Current  uint64            `json:"current"`
+		Versions []json.RawMessage `json:"versions"`
+	}
+	json.NewDecoder(res.Body).Decode(&list)
+	res.Body.Close()
+	if list.Current != 1 || len(list.Versions) != 1 {
+		t.Fatalf("after the refusals: current %d, %d versions; want 1 and 1", list.Current, len(list.Versions))
+	}
+}
