@@ -29,6 +29,10 @@ type Program struct {
 // the exit code: 0 after a clean shutdown, 2 for bad settings, 1 when running failed. Every error
 // is one line on stderr ("origin: listen on …: address already in use"), never a stack trace.
 func Main(p Program, args []string, stderr io.Writer) int {
+	var rawUsers bool
+	var userKey string
+	p.Settings.Bool(&rawUsers, "log-raw-user-ids", "SEGEDGE_LOG_RAW_USER_IDS", false, "log user ids as they are instead of a keyed hash (debugging only: profiles are personal data)")
+	p.Settings.String(&userKey, "log-user-key", "SEGEDGE_LOG_USER_KEY", "", "key of the user id hashes in logs; the same on every process lets one user's records be followed across them (default: random per process)")
 	if err := p.Settings.Parse(args, os.LookupEnv); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return 0
@@ -44,6 +48,10 @@ func Main(p Program, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
 		return 2
+	}
+	SetUserLogging(rawUsers, userKey)
+	if rawUsers {
+		log.Warn("SEGEDGE_LOG_RAW_USER_IDS is set: user ids are logged as they are")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
