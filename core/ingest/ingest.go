@@ -13,9 +13,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/trace"
 )
 
 // Publisher appends events to EVENTS.
@@ -65,9 +69,16 @@ func (p *Publisher) Reject(reason string, n int) {
 
 // Publish appends events in order and waits for JetStream's acknowledgements. It returns, per
 // event, nil when stored or the error; the message id is the event id, so a client retrying a
-// request within JetStream's duplicate window does not store an event twice.
+// request within JetStream's duplicate window does not store an event twice. With tracing on,
+// each message carries the trace context of the publish span in its headers, so the origin's
+// worker continues the trace.
 func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedAt time.Time) []error {
 	t0 := time.Now()
+	ctx, span := trace.Start(ctx, "segedge/core/ingest", "ingest.publish", oteltrace.SpanKindProducer)
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.Int("segedge.events", len(events)))
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	errs := make([]error, len(events))
@@ -84,6 +95,7 @@ func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedA
 			Header:  nats.Header{},
 		}
 		msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+		trace.Inject(ctx, msg.Header)
 		futures[i], errs[i] = p.js.PublishMsgAsync(msg)
 	}
 	for i, f := range futures {
@@ -108,6 +120,10 @@ func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedA
 	}
 	p.accepted.Add(float64(n))
 	p.Reject("unavailable", failed)
+	if failed > 0 && span.IsRecording() {
+		span.SetAttributes(attribute.Int("segedge.events_failed", failed))
+		span.SetStatus(codes.Error, "events not stored")
+	}
 	p.publishDur.Observe(time.Since(t0).Seconds())
 	return errs
 }
