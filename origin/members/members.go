@@ -22,6 +22,18 @@ import (
 type Record struct {
 	Version uint64   `json:"v"`
 	Members []string `json:"m"` // sorted
+	// Thresholds are the threshold triggers whose condition held at that version (sorted); the
+	// engine fires one when its name appears here (origin/trigger).
+	Thresholds []string `json:"t,omitempty"`
+}
+
+// Batcher is implemented by stores that read and write many records in one round trip; the
+// engine uses it for a batch of events.
+type Batcher interface {
+	// GetMany returns the records of users, out[i] for users[i].
+	GetMany(ctx context.Context, users []string) ([]Record, error)
+	// PutMany replaces the records of users[i] with rs[i].
+	PutMany(ctx context.Context, users []string, rs []Record) error
 }
 
 // Store keeps records.
@@ -87,6 +99,27 @@ func (s *Memory) Put(_ context.Context, user string, r Record) error {
 	return nil
 }
 
+// GetMany implements Batcher.
+func (s *Memory) GetMany(_ context.Context, users []string) ([]Record, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]Record, len(users))
+	for i, u := range users {
+		out[i] = s.m[u]
+	}
+	return out, nil
+}
+
+// PutMany implements Batcher.
+func (s *Memory) PutMany(_ context.Context, users []string, rs []Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, u := range users {
+		s.m[u] = rs[i]
+	}
+	return nil
+}
+
 // Delete implements Store.
 func (s *Memory) Delete(_ context.Context, user string) error {
 	s.mu.Lock()
@@ -131,6 +164,56 @@ func (s *Redis) Put(ctx context.Context, user string, r Record) error {
 	b, _ := json.Marshal(r)
 	if err := s.c.Set(ctx, s.key(user), b, s.retention).Err(); err != nil {
 		return fmt.Errorf("write membership: %w", err)
+	}
+	return nil
+}
+
+// GetMany implements Batcher with one pipeline of GETs (the keys of different users may sit on
+// different Cluster slots, so not one MGET).
+func (s *Redis) GetMany(ctx context.Context, users []string) ([]Record, error) {
+	out := make([]Record, len(users))
+	if len(users) == 0 {
+		return out, nil
+	}
+	cmds := make([]*redis.StringCmd, len(users))
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, u := range users {
+			cmds[i] = p.Get(ctx, s.key(u))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read %d memberships: %w", len(users), err)
+	}
+	for i, c := range cmds {
+		b, err := c.Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read membership: %w", err)
+		}
+		if err := json.Unmarshal(b, &out[i]); err != nil {
+			return nil, fmt.Errorf("read membership: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// PutMany implements Batcher with one pipeline of SETs.
+func (s *Redis) PutMany(ctx context.Context, users []string, rs []Record) error {
+	if len(users) == 0 {
+		return nil
+	}
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, u := range users {
+			b, _ := json.Marshal(rs[i])
+			p.Set(ctx, s.key(u), b, s.retention)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write %d memberships: %w", len(users), err)
 	}
 	return nil
 }

@@ -41,6 +41,16 @@ func (m *Memory) At(_ context.Context, p int, user string, due time.Time) error 
 	return nil
 }
 
+// AtMany implements Batcher.
+func (m *Memory) AtMany(ctx context.Context, p int, users []string, dues []time.Time) error {
+	for i, u := range users {
+		if err := m.At(ctx, p, u, dues[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Due implements Schedule.
 func (m *Memory) Due(_ context.Context, p int, now time.Time, max int) ([]string, error) {
 	m.mu.Lock()

@@ -35,6 +35,21 @@ func (r *Redis) At(ctx context.Context, p int, user string, due time.Time) error
 	return nil
 }
 
+// AtMany implements Batcher: one ZADD LT for all of them.
+func (r *Redis) AtMany(ctx context.Context, p int, users []string, dues []time.Time) error {
+	if len(users) == 0 {
+		return nil
+	}
+	zs := make([]redis.Z, len(users))
+	for i, u := range users {
+		zs[i] = redis.Z{Score: float64(dues[i].UnixMilli()), Member: u}
+	}
+	if err := r.c.ZAddLT(ctx, r.key(p), zs...).Err(); err != nil {
+		return fmt.Errorf("schedule %d re-evaluations: %w", len(users), err)
+	}
+	return nil
+}
+
 // Due implements Schedule.
 func (r *Redis) Due(ctx context.Context, p int, now time.Time, max int) ([]string, error) {
 	users, err := popDue.Run(ctx, r.c, []string{r.key(p)}, now.UnixMilli(), max).StringSlice()

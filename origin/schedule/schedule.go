@@ -24,3 +24,9 @@ type Schedule interface {
 	// Cancel forgets the user's due time (the profile was erased).
 	Cancel(ctx context.Context, partition int, user string) error
 }
+
+// Batcher is implemented by schedules that record many due times in one round trip.
+type Batcher interface {
+	// AtMany is At for each users[i] and dues[i].
+	AtMany(ctx context.Context, partition int, users []string, dues []time.Time) error
+}

@@ -24,6 +24,12 @@ type Store interface {
 	// with applied=false and changes nothing. Every applied event pushes the profile's expiry to
 	// now + retention.
 	Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (p *profile.Profile, applied bool, err error)
+	// ApplyBatch applies evs in order, each exactly as Apply would (so two events of one user
+	// see each other in order), and returns one result per event, res[i] for evs[i]. It exists
+	// for throughput: the Redis store sends the whole batch in one pipeline. A failure of one
+	// event is reported in its result and does not stop the others; err is for failures of the
+	// batch as a whole (nothing or an unknown part applied: retry all — dedup makes that safe).
+	ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) (res []Result, err error)
 	// Get returns the profile of a user, or ErrNotFound.
 	Get(ctx context.Context, userID string) (*profile.Profile, error)
 	// Delete forgets a user: the profile and its dedup record. Deleting an unknown user is not an
@@ -35,6 +41,13 @@ type Store interface {
 	Scan(ctx context.Context, cursor string, count int) (userIDs []string, next string, err error)
 	// Close releases the store's resources.
 	Close() error
+}
+
+// Result is the outcome of one event of ApplyBatch: what Apply would have returned.
+type Result struct {
+	Profile *profile.Profile
+	Applied bool
+	Err     error
 }
 
 // Options configure a store. Zero fields take the defaults.

@@ -68,6 +68,15 @@ func (s *Store) shard(userID string) *shard {
 	return &s.shards[maphash.String(s.seed, userID)%shards]
 }
 
+// ApplyBatch implements store.Store: Apply for each event in order (nothing to pipeline in memory).
+func (s *Store) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
+	res := make([]store.Result, len(evs))
+	for i, ev := range evs {
+		res[i].Profile, res[i].Applied, res[i].Err = s.Apply(ctx, ev, spec)
+	}
+	return res, nil
+}
+
 // Apply implements store.Store.
 func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (*profile.Profile, bool, error) {
 	if err := ctx.Err(); err != nil {

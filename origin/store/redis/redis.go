@@ -102,8 +102,97 @@ func (s *Store) keys(userID string) []string {
 
 // Apply implements store.Store.
 func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (*profile.Profile, bool, error) {
+	args, err := s.applyArgs(ev, spec)
+	if err != nil {
+		return nil, false, err
+	}
+	res, err := applyScript.Run(ctx, s.c, s.keys(ev.UserID), args...).Slice()
+	if err != nil {
+		return nil, false, fmt.Errorf("apply event %q to user %q: %w", ev.ID, ev.UserID, err)
+	}
+	return decodeApplyReply(ev, res)
+}
+
+// ApplyBatch implements store.Store: every event's EVALSHA goes out in one pipeline, so a batch
+// costs one round trip instead of one per event. Redis runs the pipelined scripts in the order
+// sent, so events of one user are applied in batch order. If Redis has lost the script (a
+// restart, SCRIPT FLUSH), the events that got NOSCRIPT are sent again with EVAL, still in order;
+// the failed ones form a suffix of the batch (the cache does not come back by itself), so no
+// later event of a user overtakes an earlier one.
+func (s *Store) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
+	res := make([]store.Result, len(evs))
+	if len(evs) == 0 {
+		return res, nil
+	}
+	type call struct {
+		i    int
+		keys []string
+		args []any
+		cmd  *goredis.Cmd
+	}
+	calls := make([]call, 0, len(evs))
+	for i, ev := range evs {
+		args, err := s.applyArgs(ev, spec)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		calls = append(calls, call{i: i, keys: s.keys(ev.UserID), args: args})
+	}
+	run := func(cs []call, eval bool) error {
+		_, err := s.c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for j := range cs {
+				if eval {
+					cs[j].cmd = applyScript.Eval(ctx, p, cs[j].keys, cs[j].args...)
+				} else {
+					cs[j].cmd = applyScript.EvalSha(ctx, p, cs[j].keys, cs[j].args...)
+				}
+			}
+			return nil
+		})
+		return err
+	}
+	err := run(calls, false)
+	if err != nil {
+		// A pipeline error is the first failed command's; a connection error fails every command.
+		retry := -1
+		for j, c := range calls {
+			if c.cmd.Err() != nil && goredis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") {
+				retry = j
+				break
+			}
+		}
+		if retry >= 0 {
+			err = run(calls[retry:], true)
+		}
+	}
+	if err != nil {
+		failed := 0
+		for _, c := range calls {
+			if c.cmd.Err() != nil && !errors.Is(c.cmd.Err(), goredis.Nil) {
+				failed++
+			}
+		}
+		if failed == len(calls) {
+			return nil, fmt.Errorf("apply %d events: %w", len(evs), err)
+		}
+	}
+	for _, c := range calls {
+		ev := evs[c.i]
+		reply, err := c.cmd.Slice()
+		if err != nil {
+			res[c.i].Err = fmt.Errorf("apply event %q to user %q: %w", ev.ID, ev.UserID, err)
+			continue
+		}
+		res[c.i].Profile, res[c.i].Applied, res[c.i].Err = decodeApplyReply(ev, reply)
+	}
+	return res, nil
+}
+
+// applyArgs builds apply.lua's ARGV for one event.
+func (s *Store) applyArgs(ev event.Event, spec *profile.Spec) ([]any, error) {
 	if ev.UserID == "" || ev.ID == "" {
-		return nil, false, fmt.Errorf("apply event %q: missing event or user id", ev.ID)
+		return nil, fmt.Errorf("apply event %q: missing event or user id", ev.ID)
 	}
 	u := spec.Plan(ev, s.opts.Now())
 	args := make([]any, 0, 8+2*len(u.Traits)+4*len(u.Series)+3*len(u.Scores))
@@ -120,10 +209,11 @@ func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (
 	for _, sc := range u.Scores {
 		args = append(args, "o:"+sc.Name, strconv.FormatFloat(sc.Weight, 'g', -1, 64), sc.HalfLife.Milliseconds())
 	}
-	res, err := applyScript.Run(ctx, s.c, s.keys(ev.UserID), args...).Slice()
-	if err != nil {
-		return nil, false, fmt.Errorf("apply event %q to user %q: %w", ev.ID, ev.UserID, err)
-	}
+	return args, nil
+}
+
+// decodeApplyReply reads apply.lua's {applied, HGETALL} reply.
+func decodeApplyReply(ev event.Event, res []any) (*profile.Profile, bool, error) {
 	if len(res) != 2 {
 		return nil, false, fmt.Errorf("apply event %q: unexpected script reply %v", ev.ID, res)
 	}

@@ -1,7 +1,13 @@
 package redis
 
 import (
+	"context"
 	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/segedge/segedge/core/event"
 
 	"github.com/segedge/segedge/core/testenv"
 	"github.com/segedge/segedge/origin/store"
@@ -41,4 +47,46 @@ func TestKeysShareOneHashTagPerUser(t *testing.T) {
 // throughput comes from requests in flight.
 func BenchmarkApply(b *testing.B) {
 	storetest.BenchmarkApply(b, newTestStore(b, store.Options{}), 16)
+}
+
+// TestApplyBatchAfterScriptFlush: Redis forgot the script (restart, SCRIPT FLUSH); the batch
+// is sent again with EVAL and every event is applied once, in order.
+func TestApplyBatchAfterScriptFlush(t *testing.T) {
+	s := newTestStore(t, store.Options{})
+	ctx := context.Background()
+	if err := s.c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	evs := []event.Event{
+		{ID: "1", UserID: "flush-a", Type: "page_view", TS: now},
+		{ID: "2", UserID: "flush-a", Type: "page_view", TS: now},
+		{ID: "1", UserID: "flush-a", Type: "page_view", TS: now},
+	}
+	res, err := s.ApplyBatch(ctx, evs, storetest.Spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []struct {
+		applied bool
+		version int64
+	}{{true, 1}, {true, 2}, {false, 2}} {
+		if r := res[i]; r.Err != nil || r.Applied != want.applied || r.Profile.Version != want.version {
+			t.Errorf("event %d: applied %v version %v err %v, want %v %d", i, r.Applied, r.Profile, r.Err, want.applied, want.version)
+		}
+	}
+}
+
+// TestApplyBatchRedisDown: with Redis unreachable the whole batch fails with an error.
+func TestApplyBatchRedisDown(t *testing.T) {
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	s, err := New(c, "down:", store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ApplyBatch(context.Background(), []event.Event{{ID: "1", UserID: "u", Type: "x", TS: time.Now()}}, storetest.Spec())
+	if err == nil {
+		t.Fatalf("ApplyBatch with Redis down: %v, no error", res)
+	}
 }

@@ -167,6 +167,75 @@ func Run(t *testing.T, newStore NewStore) {
 		e.expect(p, t0, map[profile.Feature]profile.Value{cart30m: profile.IntValue(1), sinceCart: profile.IntValue(0), engagement: profile.DoubleValue(5)})
 	})
 
+	t.Run("ApplyBatchEqualsApplyInOrder", func(t *testing.T) {
+		// Interleaved users, out-of-order timestamps, traits overwritten, a duplicate inside
+		// the batch and one of an event applied before the batch, and an invalid event in the
+		// middle: every result must be what Apply one by one gives, and later events of a user
+		// must see the earlier ones.
+		one := setup(t, newStore, store.Options{})
+		batch := setup(t, newStore, store.Options{})
+		pre := event.Event{ID: "pre", UserID: "a", Type: "page_view", TS: t0.Add(-time.Hour)}
+		evs := []event.Event{
+			{ID: "1", UserID: "a", Type: "add_to_cart", TS: t0},
+			{ID: "2", UserID: "b", Type: "purchase", TS: t0, Props: map[string]any{"amount": 12.5}},
+			{ID: "3", UserID: "a", Type: "identify", TS: t0.Add(time.Second), Props: map[string]any{"plan": "pro", "age": 41}},
+			{ID: "", UserID: "c", Type: "page_view", TS: t0},                                                          // invalid: no event id
+			{ID: "4", UserID: "a", Type: "identify", TS: t0.Add(-time.Second), Props: map[string]any{"plan": "free"}}, // older: plan stays
+			{ID: "1", UserID: "a", Type: "add_to_cart", TS: t0},                                                       // duplicate inside the batch
+			{ID: "pre", UserID: "a", Type: "page_view", TS: t0},                                                       // duplicate of an earlier Apply
+			{ID: "5", UserID: "b", Type: "purchase", TS: t0.Add(-20 * time.Minute), Props: map[string]any{"amount": 2.5}},
+			{ID: "6", UserID: "a", Type: "page_view", TS: t0.Add(2 * time.Second)},
+		}
+		for _, e := range []*env{one, batch} {
+			if _, _, err := e.s.Apply(e.ctx, pre, e.spec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := batch.s.ApplyBatch(batch.ctx, evs, batch.spec)
+		if err != nil {
+			t.Fatalf("ApplyBatch: %v", err)
+		}
+		if len(res) != len(evs) {
+			t.Fatalf("ApplyBatch returned %d results for %d events", len(res), len(evs))
+		}
+		for i, ev := range evs {
+			p, applied, err := one.s.Apply(one.ctx, ev, one.spec)
+			r := res[i]
+			if (err != nil) != (r.Err != nil) {
+				t.Fatalf("event %d: Apply error %v, ApplyBatch error %v", i, err, r.Err)
+			}
+			if err != nil {
+				continue
+			}
+			if applied != r.Applied {
+				t.Errorf("event %d (%s): applied %v, Apply says %v", i, ev.ID, r.Applied, applied)
+			}
+			if e := same(r.Profile, p, t0); e != nil {
+				t.Errorf("event %d (%s): %v", i, ev.ID, e)
+			}
+		}
+		if res[3].Err == nil {
+			t.Error("the event without an id was applied")
+		}
+		if !res[0].Applied || res[5].Applied || res[6].Applied {
+			t.Errorf("dedup in a batch: applied %v %v %v, want true false false", res[0].Applied, res[5].Applied, res[6].Applied)
+		}
+		last := res[len(res)-1].Profile
+		if last.Version != 5 { // pre, 1, 3, 4, 6
+			t.Errorf("user a at the end of the batch: version %d, want 5", last.Version)
+		}
+		batch.expect(last, t0.Add(2*time.Second), map[profile.Feature]profile.Value{
+			planTrait: profile.StringValue("pro"), ageTrait: profile.IntValue(41), cart30m: profile.IntValue(1),
+		})
+		batch.expect(res[7].Profile, t0, map[profile.Feature]profile.Value{amount1h: profile.DoubleValue(15), buy7d: profile.IntValue(2)})
+		if err := same(batch.get("a"), last, t0); err != nil {
+			t.Error("Get after the batch differs from the batch's last result:", err)
+		}
+		if empty, err := batch.s.ApplyBatch(batch.ctx, nil, batch.spec); err != nil || len(empty) != 0 {
+			t.Errorf("empty batch: %v, %v", empty, err)
+		}
+	})
+
 	t.Run("DuplicateEventIDsAreAppliedOnce", func(t *testing.T) {
 		e := setup(t, newStore, store.Options{DedupWindow: time.Hour})
 		e.apply("e1", "u", "purchase", t0, map[string]any{"amount": 10.0})
