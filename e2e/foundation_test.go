@@ -24,7 +24,8 @@ type system struct {
 
 // services says which NATS and Redis the system under test uses.
 type services struct {
-	external bool // NATS_URL and REDIS_URL from the environment (CI), else embedded defaults
+	external  bool     // NATS_URL and REDIS_URL from the environment (CI), else embedded defaults
+	originEnv []string // more settings of the origin ("SEGEDGE_WEBHOOK_SECRET=...")
 }
 
 func (s services) String() string {
@@ -60,6 +61,7 @@ func startSystem(t *testing.T, svc services, upstream string, edgeEnv ...string)
 	} else {
 		env = append(env, "SEGEDGE_NATS_EMBED_ADDR="+natsAddr)
 	}
+	env = append(env, svc.originEnv...)
 	sys.origin = start(t, "origin", env...)
 	sys.originURL = "http://" + originAddr
 	waitStatus(t, sys.origin, sys.originURL+"/readyz", 200, 20*time.Second)

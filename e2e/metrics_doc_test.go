@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // metricNames scrapes url and returns the segedge_* metric families with their help text.
@@ -33,8 +34,16 @@ func metricNames(t *testing.T, url string) map[string]string {
 // docs/metrics.md must list exactly the metrics the programs register, so dashboards and alerts
 // are written against names that exist. Regenerate the tables with SEGEDGE_WRITE_METRICS_DOC=1.
 func TestMetricsDocMatchesWhatTheProgramsExport(t *testing.T) {
-	sys := startSystem(t, services{}, siteUpstream(t).URL)
+	// With a webhook secret the origin runs its webhook dispatcher, whose metrics are documented too.
+	sys := startSystem(t, services{originEnv: []string{"SEGEDGE_WEBHOOK_SECRET=metrics-doc"}}, siteUpstream(t).URL)
 	putRules(t, sys, "../scripts/demo/rules.yaml")
+	// Metrics with a label per trigger appear once the ruleset is active on both sides.
+	for deadline := time.Now().Add(10 * time.Second); counter(sys.originURL, "segedge_origin_ruleset_version") < 1 ||
+		counter(sys.edgeOpsURL, "segedge_edge_ruleset_version") < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ruleset not active on origin and edge within 10s")
+		}
+	}
 	res, _ := get(t, sys.edgeURL+"/", "")
 	c := cookieOf(res)
 	req, _ := http.NewRequest("POST", sys.edgeURL+"/v1/events", strings.NewReader(`[{"event_id":"m1","type":"add_to_cart"}]`))

@@ -92,6 +92,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	var conn atomic.Pointer[nats.Conn]
 	ready.Add("nats", func(context.Context) error { return bus.Check(conn.Load()) })
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_edge_nats_connected", Help: "1 while the edge is connected to NATS, else 0."},
+		func() float64 {
+			if bus.Check(conn.Load()) != nil {
+				return 0
+			}
+			return 1
+		}))
 	topo := bus.Topology{Prefix: cfg.NATSPrefix, Partitions: bus.DefaultPartitions}
 	var fetch replica.Fetcher
 	if cfg.OriginToken != "" {

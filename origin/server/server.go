@@ -91,6 +91,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("%w (is JetStream enabled on %s?)", err, nc.ConnectedUrlRedacted())
 	}
 	ready.Add("nats", func(context.Context) error { return bus.Check(nc) })
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_origin_nats_connected", Help: "1 while the origin is connected to NATS, else 0."},
+		func() float64 {
+			if bus.Check(nc) != nil {
+				return 0
+			}
+			return 1
+		}))
 
 	st, err := openStores(ctx, cfg, log, reg, &ready)
 	if err != nil {
