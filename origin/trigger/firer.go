@@ -16,7 +16,6 @@ import (
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/delta"
-	"github.com/segedge/segedge/core/rules"
 )
 
 // Message headers of a firing on TRIGGERS (beside Nats-Msg-Id). The webhook travels with the
@@ -98,18 +97,14 @@ type Firer struct {
 type set struct {
 	list        []Trigger
 	enter, exit map[string][]Trigger
-	byName      map[string]Trigger
-	th          *thresholds // nil: no threshold triggers
 }
 
-func newSet(ts []Trigger, th *thresholds) *set {
-	s := &set{list: slices.Clone(ts), enter: map[string][]Trigger{}, exit: map[string][]Trigger{}, byName: map[string]Trigger{}, th: th}
+func newSet(ts []Trigger) *set {
+	s := &set{list: slices.Clone(ts), enter: map[string][]Trigger{}, exit: map[string][]Trigger{}}
 	for _, t := range s.list {
-		s.byName[t.Name] = t
-		switch t.On {
-		case Enter:
+		if t.On == Enter {
 			s.enter[t.Segment] = append(s.enter[t.Segment], t)
-		case Exit:
+		} else {
 			s.exit[t.Segment] = append(s.exit[t.Segment], t)
 		}
 	}
@@ -140,7 +135,7 @@ func NewFirer(ctx context.Context, cfg FirerConfig) (*Firer, error) {
 			return nil, fmt.Errorf("trigger firer: register metrics: %w", err)
 		}
 	}
-	f.triggers.Store(newSet(nil, nil))
+	f.triggers.Store(newSet(nil))
 	if err := EnsureStreams(ctx, cfg.JS, cfg.Topology, StreamOptions{}); err != nil {
 		return nil, fmt.Errorf("trigger firer: %w", err)
 	}
@@ -148,27 +143,12 @@ func NewFirer(ctx context.Context, cfg FirerConfig) (*Firer, error) {
 }
 
 // SetTriggers validates ts and swaps them in atomically: a Fire running concurrently sees either
-// the old set or the new one, never a mix. On error the old set stays. Threshold triggers need
-// the rules file they belong to: set those with SetRulesFile.
+// the old set or the new one, never a mix. On error the old set stays.
 func (f *Firer) SetTriggers(ts []Trigger) error {
-	return f.setTriggers(ts, nil)
-}
-
-func (f *Firer) setTriggers(ts []Trigger, file *rules.File) error {
 	if err := ValidateTriggers(ts, f.cfg.AllowHosts); err != nil {
 		return err
 	}
-	var th *thresholds
-	if slices.ContainsFunc(ts, func(t Trigger) bool { return t.On == Threshold }) {
-		if file == nil {
-			return errors.New("threshold triggers need their rules file: use SetRulesFile")
-		}
-		var err error
-		if th, err = compileThresholds(file, ts); err != nil {
-			return err
-		}
-	}
-	f.triggers.Store(newSet(ts, th))
+	f.triggers.Store(newSet(ts))
 	for _, t := range ts {
 		f.fired.WithLabelValues(t.Name) // a series from the start, so rate() and alerts see the first firing
 	}
@@ -187,6 +167,10 @@ func (f *Firer) Fire(ctx context.Context, d *delta.Delta) error {
 		return nil
 	}
 	s := f.triggers.Load()
+	type pending struct {
+		name string
+		fut  jetstream.PubAckFuture
+	}
 	var futs []pending
 	publish := func(segs []string, index map[string][]Trigger) error {
 		for _, seg := range segs {
@@ -210,18 +194,35 @@ func (f *Firer) Fire(ctx context.Context, d *delta.Delta) error {
 	if err := publish(d.Exited, s.exit); err != nil {
 		return err
 	}
-	return f.await(ctx, futs)
+	if len(futs) == 0 {
+		return nil
+	}
+	timer := time.NewTimer(f.cfg.PublishTimeout)
+	defer timer.Stop()
+	var errs []error
+	for _, p := range futs {
+		select {
+		case ack := <-p.fut.Ok():
+			if !ack.Duplicate {
+				f.fired.WithLabelValues(p.name).Inc()
+			}
+		case err := <-p.fut.Err():
+			errs = append(errs, fmt.Errorf("fire trigger %q: %w", p.name, err))
+		case <-timer.C:
+			return errors.Join(append(errs, fmt.Errorf("fire trigger %q: no ack from JetStream within %s", p.name, f.cfg.PublishTimeout))...)
+		case <-ctx.Done():
+			return errors.Join(append(errs, fmt.Errorf("fire trigger %q: %w", p.name, ctx.Err()))...)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // message builds the TRIGGERS message of one firing.
 func (f *Firer) message(t Trigger, d *delta.Delta) (*nats.Msg, error) {
 	id := FiringID(t.Name, d.UserID, d.Version)
 	typ := TypeEnter
-	switch t.On {
-	case Exit:
+	if t.On == Exit {
 		typ = TypeExit
-	case Threshold:
-		typ = TypeThreshold
 	}
 	// The event time is when the causing event was accepted, so a redelivery builds the same body.
 	at := f.cfg.Now()
@@ -241,7 +242,7 @@ func (f *Firer) message(t Trigger, d *delta.Delta) (*nats.Msg, error) {
 		Time:            at.UTC(),
 		DataContentType: "application/json",
 		Data: EventData{
-			Trigger: t.Name, Segment: t.Segment, Condition: t.Expr, UserID: d.UserID,
+			Trigger: t.Name, Segment: t.Segment, UserID: d.UserID,
 			Version: d.Version, Ruleset: d.Ruleset, Members: members,
 		},
 	})
