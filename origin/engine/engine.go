@@ -6,6 +6,15 @@
 // and re-evaluations never race. The store deduplicates event ids, so a redelivered event changes
 // nothing; the engine still re-evaluates it and publishes a delta if the last one was lost. An
 // event is acknowledged only after its delta is published, so a crash loses nothing.
+//
+// Batches: a worker takes every event already waiting for its partition (up to Config.Batch)
+// and handles them together, with a fixed number of round trips however many events there are:
+// one store pipeline applies them all in order, one reads the users' last memberships, one
+// records due times, the deltas are published asynchronously and awaited together, one writes
+// the new memberships, then every event is acknowledged. Events of one user in one batch are
+// evaluated in order against the membership the previous one produced. A batch that fails is
+// retried in place (the store's dedup makes re-applying harmless) with its messages marked in
+// progress, so a user's later events never overtake an earlier one during a store outage.
 package engine
 
 import (
@@ -21,11 +30,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/trace"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/schedule"
 	"github.com/segedge/segedge/origin/store"
@@ -66,11 +77,31 @@ type Config struct {
 	// Triggers, if set, is told of every published delta before the event is acknowledged, so a
 	// trigger fires at least once per membership change even across a crash.
 	Triggers TriggerSink
+	// Batch is the most events a partition worker handles at once (default 128).
+	Batch int
+	// AckWait is how long JetStream waits for an event's acknowledgement before redelivering it
+	// (default 5s): after a crash, the events the dead origin had taken come back after it.
+	AckWait time.Duration
 }
 
 // TriggerSink receives published deltas (origin/trigger fires the rules file's triggers).
 type TriggerSink interface {
 	Fire(ctx context.Context, d *delta.Delta) error
+}
+
+// ThresholdSink is implemented by a TriggerSink that also fires threshold triggers (`on:
+// <expression>`): the engine evaluates the expressions after each evaluation, remembers which
+// held in the user's membership record, and fires those that turned from false to true, once
+// per crossing, with the delta that records the crossing.
+type ThresholdSink interface {
+	// ThresholdSpec is what profiles must maintain for the ruleset and the threshold
+	// expressions together, or nil when no threshold trigger is set.
+	ThresholdSpec() *profile.Spec
+	// Thresholds appends to dst the names of the threshold triggers whose expression holds for
+	// p at now, sorted.
+	Thresholds(p *profile.Profile, now time.Time, dst []string) []string
+	// FireThresholds publishes a firing of each named trigger, identified by d's user and version.
+	FireThresholds(ctx context.Context, d *delta.Delta, names []string) error
 }
 
 // Engine runs the partition workers.
@@ -113,6 +144,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 128
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 5 * time.Second
 	}
 	empty, err := profile.NewSpec(nil, nil)
 	if err != nil {
@@ -167,7 +204,7 @@ func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error
 		Durable:       name,
 		FilterSubject: e.cfg.Topology.EventSubject(p),
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       e.cfg.AckWait,
 		MaxAckPending: 4096,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -190,36 +227,47 @@ func (e *Engine) runPartition(ctx context.Context, p int) error {
 		case <-time.After(time.Second):
 		}
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	// The consume callback runs on one goroutine per consumer, in stream order; the channel
+	// hands the messages to this worker, which takes whatever has arrived as one batch.
+	in := make(chan jetstream.Msg, e.cfg.Batch)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case in <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(2*e.cfg.Batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			e.cfg.Log.Warn("fetch events", "partition", p, "err", err)
+		}
+	}))
 	if err != nil {
 		return fmt.Errorf("consume partition %d: %w", p, err)
 	}
-	defer it.Stop()
+	defer cc.Stop()
+	tick := time.NewTicker(e.cfg.DuePoll)
+	defer tick.Stop()
+	msgs := make([]jetstream.Msg, 0, e.cfg.Batch)
 	lastDue := time.Time{}
-	backoff := time.Duration(0)
-	for ctx.Err() == nil {
-		if backoff > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(backoff):
-			}
-		}
-		msg, err := it.Next(jetstream.NextMaxWait(e.cfg.DuePoll))
-		switch {
-		case err == nil:
-			if err := e.handleMsg(ctx, p, msg); err != nil {
-				e.cfg.Log.Warn("event not applied; will retry", "partition", p, "err", err)
-				_ = msg.NakWithDelay(time.Second)
-				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
-				continue
-			}
-			backoff = 0
-		case errors.Is(err, nats.ErrTimeout), errors.Is(err, jetstream.ErrNoHeartbeat):
-		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+	for {
+		select {
+		case <-ctx.Done():
 			return nil
-		default:
-			e.cfg.Log.Warn("fetch events", "partition", p, "err", err)
+		case m := <-in:
+			msgs = append(msgs[:0], m)
+		fill:
+			for len(msgs) < e.cfg.Batch {
+				select {
+				case m := <-in:
+					msgs = append(msgs, m)
+				default:
+					break fill
+				}
+			}
+			e.handleBatch(ctx, p, msgs)
+			clear(msgs)
+		case t := <-e.tasks[p]:
+			e.runTask(ctx, p, t)
+		case <-tick.C:
 		}
 		if now := e.cfg.Now(); now.Sub(lastDue) >= e.cfg.DuePoll {
 			lastDue = now
@@ -227,21 +275,24 @@ func (e *Engine) runPartition(ctx context.Context, p int) error {
 		}
 		e.runTasks(ctx, p)
 	}
-	return nil
 }
 
 func (e *Engine) runTasks(ctx context.Context, p int) {
 	for range 64 {
 		select {
 		case t := <-e.tasks[p]:
-			if t.cause == delta.CauseErase {
-				t.done <- e.erase(ctx, p, t.user)
-			} else {
-				t.done <- e.evaluate(ctx, p, t.user, t.cause, 0, 0)
-			}
+			e.runTask(ctx, p, t)
 		default:
 			return
 		}
+	}
+}
+
+func (e *Engine) runTask(ctx context.Context, p int, t task) {
+	if t.cause == delta.CauseErase {
+		t.done <- e.erase(ctx, p, t.user)
+	} else {
+		t.done <- e.evaluate(ctx, p, t.user, t.cause, 0, 0)
 	}
 }
 
@@ -259,38 +310,158 @@ func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
 	}
 }
 
-// handleMsg applies one event and publishes the resulting delta. An error means: not done,
-// redeliver later.
-func (e *Engine) handleMsg(ctx context.Context, p int, msg jetstream.Msg) error {
-	ev, acceptedAt, err := event.DecodeWire(msg.Data())
-	if err != nil {
-		// A message we cannot read never becomes readable: count it and move on.
-		e.m.poison.Inc()
-		e.cfg.Log.Error("unreadable event dropped", "partition", p, "err", err)
-		return msg.Term()
+// handleBatch applies a batch of messages and publishes the resulting deltas, retrying until
+// it is done or ctx ends (the messages are then redelivered to whoever consumes next).
+func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
+	evs := make([]event.Event, 0, len(msgs))
+	accepted := make([]time.Time, 0, len(msgs))
+	keep := make([]jetstream.Msg, 0, len(msgs))
+	ctxs := make([]context.Context, 0, len(msgs))
+	spans := make([]oteltrace.Span, 0, len(msgs))
+	for _, m := range msgs {
+		ectx, span := traceEvent(ctx, p, m)
+		ev, at, err := event.DecodeWire(m.Data())
+		if err != nil {
+			// A message we cannot read never becomes readable: count it and move on.
+			e.m.poison.Inc()
+			e.cfg.Log.Error("unreadable event dropped", "partition", p, "err", err)
+			_ = m.Term()
+			trace.End(span, err)
+			continue
+		}
+		evs = append(evs, ev)
+		accepted = append(accepted, at)
+		keep = append(keep, m)
+		ctxs = append(ctxs, ectx)
+		spans = append(spans, span)
 	}
-	rules := e.cfg.Rules()
-	spec := e.empty
-	if rules != nil {
-		spec = rules.Spec()
+	if len(evs) == 0 {
+		return
 	}
+	e.m.batchSize.Observe(float64(len(evs)))
+	backoff := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		err := e.applyBatch(ctx, p, keep, evs, accepted, ctxs)
+		if err == nil || ctx.Err() != nil {
+			for _, span := range spans {
+				trace.End(span, err)
+			}
+			return
+		}
+		e.cfg.Log.Warn("events not applied; retrying", "partition", p, "events", len(evs), "attempt", attempt, "err", err)
+		// Keep the messages ours while we retry: no redelivery overtakes them.
+		for _, m := range keep {
+			_ = m.InProgress()
+		}
+		backoff = min(max(2*backoff, 100*time.Millisecond), e.cfg.AckWait/2)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// applyBatch applies evs (from msgs) in one store call, evaluates each resulting profile in
+// order, publishes the deltas and acknowledges the messages. An error means: nothing is
+// acknowledged, retry the whole batch.
+// ctxs are the events' trace contexts.
+func (e *Engine) applyBatch(ctx context.Context, p int, msgs []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) error {
+	b := e.newBatch(p)
 	t0 := time.Now()
-	prof, applied, err := e.cfg.Store.Apply(ctx, ev, spec)
+	var applySpans []oteltrace.Span
+	if trace.Enabled() {
+		for _, c := range ctxs {
+			_, span := trace.Start(c, tracerName, "profile.apply", oteltrace.SpanKindClient)
+			applySpans = append(applySpans, span)
+		}
+	}
+	res, err := e.cfg.Store.ApplyBatch(ctx, evs, b.spec)
 	if err != nil {
-		e.m.applyErrors.Inc()
-		return fmt.Errorf("apply event: %w", err)
+		for _, span := range applySpans {
+			traceApplied(span, false, err)
+		}
+		e.m.applyErrors.Add(float64(len(evs)))
+		return fmt.Errorf("apply %d events: %w", len(evs), err)
 	}
-	if applied {
-		e.m.applied.Inc()
-		e.m.ingestToProfile.Observe(time.Since(acceptedAt).Seconds())
-	} else {
-		e.m.duplicates.Inc()
+	for i, span := range applySpans {
+		traceApplied(span, res[i].Applied, res[i].Err)
 	}
-	e.m.applyDur.Observe(time.Since(t0).Seconds())
-	if err := e.evaluateProfile(ctx, p, prof, delta.CauseEvent, acceptedAt.UnixMilli(), 0); err != nil {
+	per := time.Since(t0).Seconds() / float64(len(evs))
+	users := make([]string, 0, len(res))
+	for i, r := range res {
+		if r.Err != nil {
+			e.m.applyErrors.Inc()
+			e.cfg.Log.Warn("event not applied; will be redelivered", "partition", p, "err", r.Err)
+			continue
+		}
+		if r.Applied {
+			e.m.applied.Inc()
+			e.m.ingestToProfile.Observe(time.Since(accepted[i]).Seconds())
+		} else {
+			e.m.duplicates.Inc()
+		}
+		e.m.applyDur.Observe(per)
+		users = append(users, r.Profile.UserID)
+	}
+	if err := e.loadMembers(ctx, b, users); err != nil {
 		return err
 	}
-	return msg.Ack()
+	for i, r := range res {
+		if r.Err != nil {
+			continue
+		}
+		if err := e.evaluateProfile(ctxs[i], b, r.Profile, delta.CauseEvent, accepted[i].UnixMilli(), 0); err != nil {
+			return err
+		}
+	}
+	if err := e.flush(ctx, b); err != nil {
+		return err
+	}
+	for i, m := range msgs {
+		if res[i].Err != nil {
+			_ = m.NakWithDelay(time.Second)
+		} else {
+			_ = m.Ack()
+		}
+	}
+	return nil
+}
+
+// batch collects what evaluating a batch of profiles produced, to write it with a fixed number
+// of round trips (flush).
+type batch struct {
+	p     int
+	rules Rules
+	spec  *profile.Spec
+	th    ThresholdSink // nil: no threshold triggers
+	// recs are the users' membership records as this batch leaves them; dirty lists the users
+	// whose record must be written, in the order they changed.
+	recs  map[string]members.Record
+	dirty []string
+	due   map[string]time.Time
+	// deltas to publish, in order; fire are those whose membership changed, crossed the
+	// threshold triggers each delta fires.
+	deltas          []*delta.Delta
+	ctxs            []context.Context // the trace context of each delta's cause
+	fire            []*delta.Delta
+	crossed         map[*delta.Delta][]string
+	entered, exited []string
+}
+
+// newBatch snapshots the active ruleset (and threshold triggers) for one batch.
+func (e *Engine) newBatch(p int) *batch {
+	b := &batch{p: p, rules: e.cfg.Rules(), spec: e.empty, recs: map[string]members.Record{}}
+	if b.rules == nil {
+		return b
+	}
+	b.spec = b.rules.Spec()
+	if th, ok := e.cfg.Triggers.(ThresholdSink); ok {
+		if spec := th.ThresholdSpec(); spec != nil {
+			b.th, b.spec = th, spec
+		}
+	}
+	return b
 }
 
 // evaluate re-evaluates one user and publishes a delta if their membership changed (or, for an
@@ -303,46 +474,92 @@ func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.C
 	if err != nil {
 		return fmt.Errorf("read profile: %w", err)
 	}
-	return e.evaluateProfile(ctx, p, prof, cause, acceptedAt, due)
+	b := e.newBatch(p)
+	if err := e.loadMembers(ctx, b, []string{user}); err != nil {
+		return err
+	}
+	if err := e.evaluateProfile(ctx, b, prof, cause, acceptedAt, due); err != nil {
+		return err
+	}
+	return e.flush(ctx, b)
 }
 
-// evaluateProfile is evaluate with the profile already at hand (Apply returns it).
-func (e *Engine) evaluateProfile(ctx context.Context, p int, prof *profile.Profile, cause delta.Cause, acceptedAt, due int64) error {
-	rules := e.cfg.Rules()
+// loadMembers fills b.recs for users (deduplicated), with one round trip when the members
+// store batches.
+func (e *Engine) loadMembers(ctx context.Context, b *batch, users []string) error {
+	if b.rules == nil || len(users) == 0 {
+		return nil
+	}
+	slices.Sort(users)
+	users = slices.Compact(users)
+	if mb, ok := e.cfg.Members.(members.Batcher); ok {
+		rs, err := mb.GetMany(ctx, users)
+		if err != nil {
+			return err
+		}
+		for i, u := range users {
+			b.recs[u] = rs[i]
+		}
+		return nil
+	}
+	for _, u := range users {
+		r, err := e.cfg.Members.Get(ctx, u)
+		if err != nil {
+			return err
+		}
+		b.recs[u] = r
+	}
+	return nil
+}
+
+// evaluateProfile evaluates prof against the batch's ruleset and records in b the delta to
+// publish, if any; flush writes it.
+func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Profile, cause delta.Cause, acceptedAt, due int64) error {
+	rules := b.rules
 	if rules == nil {
 		return nil // no ruleset yet: profiles update, memberships stay as last published
 	}
 	user := prof.UserID
-	var err error
 	now := e.cfg.Now()
-	var segs []string
-	var version uint64
-	var edgeFeatures []profile.Feature
-	if rules != nil {
-		version = rules.Version()
-		edgeFeatures = rules.EdgeFeatures()
-		if segs, err = rules.Segments(ctx, prof, now, nil); err != nil {
-			e.m.evalErrors.Inc()
-			return fmt.Errorf("evaluate ruleset %d: %w", version, err)
-		}
-		if next, ok := prof.NextExpiry(rules.Spec(), now); ok {
-			if err := e.cfg.Schedule.At(ctx, p, user, next); err != nil {
-				return err
-			}
-		}
-	}
-	prev, err := e.cfg.Members.Get(ctx, user)
+	version := rules.Version()
+	edgeFeatures := rules.EdgeFeatures()
+	_, espan := trace.Start(ctx, tracerName, "ruleset.evaluate", oteltrace.SpanKindInternal)
+	segs, err := rules.Segments(ctx, prof, now, nil)
+	traceEvaluated(espan, version, len(segs), err)
 	if err != nil {
-		return err
+		e.m.evalErrors.Inc()
+		return fmt.Errorf("evaluate ruleset %d: %w", version, err)
 	}
+	if next, ok := prof.NextExpiry(b.spec, now); ok {
+		if cur, ok := b.due[user]; !ok || next.Before(cur) {
+			if b.due == nil {
+				b.due = map[string]time.Time{}
+			}
+			b.due[user] = next
+		}
+	}
+	prev, ok := b.recs[user]
+	if !ok {
+		return errors.New("evaluate: the user's membership record was not loaded") // a bug: loadMembers first
+	}
+	var thr []string
+	if b.th != nil {
+		thr = b.th.Thresholds(prof, now, nil)
+	}
+	crossed, _ := diff(prev.Thresholds, thr)
+	thrChanged := !slices.Equal(prev.Thresholds, thr)
 	entered, exited := diff(prev.Members, segs)
 	changed := len(entered) > 0 || len(exited) > 0
-	// Request-scoped rules at the edge read features; after an event they may have changed.
-	if !changed && !(cause == delta.CauseEvent && len(edgeFeatures) > 0) && prev.Version > 0 {
+	quiet := !changed && len(crossed) == 0 &&
+		// Request-scoped rules at the edge read features; after an event they may have changed.
+		((!(cause == delta.CauseEvent && len(edgeFeatures) > 0) && prev.Version > 0) ||
+			(prev.Version == 0 && len(segs) == 0 && len(edgeFeatures) == 0)) // nothing any edge needs to know
+	if quiet {
+		if thrChanged { // a threshold turned false: remember it, nothing to publish
+			prev.Thresholds = thr
+			b.put(user, prev)
+		}
 		return nil
-	}
-	if !changed && prev.Version == 0 && len(segs) == 0 && len(edgeFeatures) == 0 {
-		return nil // nothing any edge needs to know
 	}
 	d := &delta.Delta{
 		UserID: user, Version: prev.Version + 1, Ruleset: version, Cause: cause,
@@ -356,33 +573,182 @@ func (e *Engine) evaluateProfile(ctx context.Context, p int, prof *profile.Profi
 			d.Features = append(d.Features, delta.FeatureValue{Key: delta.FeatureKey(f), Value: v})
 		}
 	}
-	if err := e.publish(ctx, p, d); err != nil {
-		return err
+	b.deltas = append(b.deltas, d)
+	b.ctxs = append(b.ctxs, ctx)
+	if changed {
+		b.fire = append(b.fire, d)
+		b.entered = append(b.entered, entered...)
+		b.exited = append(b.exited, exited...)
 	}
-	if e.cfg.Triggers != nil && changed {
-		if err := e.cfg.Triggers.Fire(ctx, d); err != nil {
-			return fmt.Errorf("fire triggers: %w", err)
+	if len(crossed) > 0 {
+		if b.crossed == nil {
+			b.crossed = map[*delta.Delta][]string{}
 		}
+		b.crossed[d] = crossed
 	}
-	if err := e.cfg.Members.Count(ctx, entered, exited); err != nil {
-		e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
-	}
-	return e.cfg.Members.Put(ctx, user, members.Record{Version: d.Version, Members: segs})
+	b.put(user, members.Record{Version: d.Version, Members: segs, Thresholds: thr})
+	return nil
 }
 
-func (e *Engine) publish(ctx context.Context, p int, d *delta.Delta) error {
+func (b *batch) put(user string, r members.Record) {
+	if !slices.Contains(b.dirty, user) {
+		b.dirty = append(b.dirty, user)
+	}
+	b.recs[user] = r
+}
+
+// flush writes what a batch produced: due times, deltas (published asynchronously, all
+// awaited), triggers, segment counts, then the membership records. A crash or error before the
+// records are written leaves them as they were, so a redelivery produces the same versions
+// again (JetStream drops the republished deltas and firings by id).
+func (e *Engine) flush(ctx context.Context, b *batch) error {
+	if len(b.due) > 0 {
+		users := make([]string, 0, len(b.due))
+		dues := make([]time.Time, 0, len(b.due))
+		for u, t := range b.due {
+			users = append(users, u)
+			dues = append(dues, t)
+		}
+		if sb, ok := e.cfg.Schedule.(schedule.Batcher); ok {
+			if err := sb.AtMany(ctx, b.p, users, dues); err != nil {
+				return err
+			}
+		} else {
+			for i, u := range users {
+				if err := e.cfg.Schedule.At(ctx, b.p, u, dues[i]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := e.publishAll(ctx, b.p, b.deltas, b.ctxs); err != nil {
+		return err
+	}
+	if e.cfg.Triggers != nil {
+		for _, d := range b.fire {
+			if err := e.cfg.Triggers.Fire(ctx, d); err != nil {
+				return fmt.Errorf("fire triggers: %w", err)
+			}
+		}
+	}
+	if b.th != nil {
+		for _, d := range b.deltas {
+			if names := b.crossed[d]; len(names) > 0 {
+				if err := b.th.FireThresholds(ctx, d, names); err != nil {
+					return fmt.Errorf("fire threshold triggers: %w", err)
+				}
+			}
+		}
+	}
+	if len(b.entered)+len(b.exited) > 0 {
+		if err := e.cfg.Members.Count(ctx, b.entered, b.exited); err != nil {
+			e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
+		}
+	}
+	if len(b.dirty) == 0 {
+		return nil
+	}
+	rs := make([]members.Record, len(b.dirty))
+	for i, u := range b.dirty {
+		rs[i] = b.recs[u]
+	}
+	if mb, ok := e.cfg.Members.(members.Batcher); ok {
+		return mb.PutMany(ctx, b.dirty, rs)
+	}
+	for i, u := range b.dirty {
+		if err := e.cfg.Members.Put(ctx, u, rs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deltaMsg encodes d; tctx's trace continues in the message headers.
+func (e *Engine) deltaMsg(tctx context.Context, p int, d *delta.Delta) (*nats.Msg, error) {
 	body, err := delta.Encode(d)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	msg := &nats.Msg{Subject: e.cfg.Topology.DeltaSubject(p), Data: body, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, delta.MsgID(d))
+	trace.Inject(tctx, msg.Header)
+	return msg, nil
+}
+
+// publishAll publishes ds in order without waiting for each ack, then waits for all of them.
+// ctxs[i] is the trace context of ds[i].
+func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs []context.Context) error {
+	switch len(ds) {
+	case 0:
+		return nil
+	case 1:
+		return e.publish(ctxs[0], p, ds[0])
+	}
+	futs := make([]jetstream.PubAckFuture, 0, len(ds))
+	spans := make([]oteltrace.Span, 0, len(ds))
+	var err error
+	defer func() {
+		for _, span := range spans {
+			trace.End(span, err)
+		}
+	}()
+	for i, d := range ds {
+		tctx, span := traceDelta(ctxs[i], p, d)
+		spans = append(spans, span)
+		var msg *nats.Msg
+		if msg, err = e.deltaMsg(tctx, p, d); err != nil {
+			return err
+		}
+		var f jetstream.PubAckFuture
+		if f, err = e.cfg.JS.PublishMsgAsync(msg); err != nil {
+			e.m.publishErrors.Inc()
+			err = fmt.Errorf("publish delta: %w", err)
+			return err
+		}
+		futs = append(futs, f)
+	}
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	for i, f := range futs {
+		select {
+		case <-f.Ok():
+			e.published(ds[i])
+		case perr := <-f.Err():
+			e.m.publishErrors.Inc()
+			err = fmt.Errorf("publish delta: %w", perr)
+			return err
+		case <-timer.C:
+			e.m.publishErrors.Inc()
+			err = errors.New("publish delta: no ack from JetStream within 5s")
+			return err
+		case <-ctx.Done():
+			err = fmt.Errorf("publish delta: %w", ctx.Err())
+			return err
+		}
+	}
+	return nil
+}
+
+// publish publishes one delta and waits for JetStream's ack; ctx carries the trace.
+func (e *Engine) publish(ctx context.Context, p int, d *delta.Delta) (err error) {
+	tctx, span := traceDelta(ctx, p, d)
+	defer func() { trace.End(span, err) }()
+	msg, err := e.deltaMsg(tctx, p, d)
+	if err != nil {
+		return err
+	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := e.cfg.JS.PublishMsg(pctx, msg); err != nil {
 		e.m.publishErrors.Inc()
 		return fmt.Errorf("publish delta: %w", err)
 	}
+	e.published(d)
+	return nil
+}
+
+// published counts a stored delta.
+func (e *Engine) published(d *delta.Delta) {
 	e.m.deltas.WithLabelValues(string(d.Cause)).Inc()
 	if d.AcceptedAt > 0 {
 		e.m.ingestToDelta.Observe(float64(time.Now().UnixMilli()-d.AcceptedAt) / 1000)
@@ -390,7 +756,6 @@ func (e *Engine) publish(ctx context.Context, p int, d *delta.Delta) error {
 	if d.Due > 0 {
 		e.m.expiryLateness.Observe(float64(time.Now().UnixMilli()-d.Due) / 1000)
 	}
-	return nil
 }
 
 // diff returns what is in b but not a (entered) and in a but not b (exited); both sorted.

@@ -13,6 +13,7 @@ type metrics struct {
 	deltas                                                              *prometheus.CounterVec
 	applyDur, ingestToProfile, ingestToDelta, expiryLateness            prometheus.Histogram
 	lag                                                                 *prometheus.GaugeVec
+	batchSize                                                           prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,13 +31,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ingestToProfile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_profile_seconds", Help: "From event accepted to profile updated.", Buckets: lat}),
 		ingestToDelta:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_delta_seconds", Help: "From event accepted to its delta published.", Buckets: lat}),
 		expiryLateness:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_expiry_lateness_seconds", Help: "From a windowed rule's due time to its delta published.", Buckets: lat}),
-		lag:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Events waiting in EVENTS per partition."}, []string{"partition"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_event_batch_size", Help: "Events a partition worker handled together (one store pipeline, one membership read and write).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Events waiting in EVENTS per partition."}, []string{"partition"}),
 	}
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
 	reg.MustRegister(m.applied, m.duplicates, m.poison, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
-		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag)
+		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize)
 	return m
 }
 

@@ -11,6 +11,8 @@ import (
 const (
 	TypeEnter = "dev.segedge.trigger.enter"
 	TypeExit  = "dev.segedge.trigger.exit"
+	// TypeThreshold is a threshold trigger's condition turning true.
+	TypeThreshold = "dev.segedge.trigger.threshold"
 	// Source is the CloudEvents source of every firing.
 	Source = "segedge/origin"
 	// ContentType is the Content-Type of a webhook POST (CloudEvents structured mode).
@@ -33,8 +35,11 @@ type Event struct {
 // EventData is the firing itself.
 type EventData struct {
 	Trigger string `json:"trigger"`
+	// Segment is the segment entered or exited; empty for a threshold trigger.
 	Segment string `json:"segment"`
-	UserID  string `json:"user_id"`
+	// Condition is a threshold trigger's expression, as written in the rules file.
+	Condition string `json:"condition,omitempty"`
+	UserID    string `json:"user_id"`
 	// Version is the user's delta version that fired the trigger.
 	Version uint64 `json:"version"`
 	// Ruleset is the ruleset version that evaluated the membership.
@@ -60,7 +65,7 @@ func DecodeEvent(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("decode trigger event: specversion %q, want 1.0", e.SpecVersion)
 	case e.ID == "":
 		return nil, errors.New("decode trigger event: no id")
-	case e.Type != TypeEnter && e.Type != TypeExit:
+	case e.Type != TypeEnter && e.Type != TypeExit && e.Type != TypeThreshold:
 		return nil, fmt.Errorf("decode trigger event: unknown type %q", e.Type)
 	case e.Data.Trigger == "":
 		return nil, errors.New("decode trigger event: no data.trigger")

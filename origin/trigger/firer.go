@@ -16,6 +16,7 @@ import (
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/delta"
+	"github.com/segedge/segedge/core/rules"
 )
 
 // Message headers of a firing on TRIGGERS (beside Nats-Msg-Id). The webhook travels with the
@@ -97,14 +98,18 @@ type Firer struct {
 type set struct {
 	list        []Trigger
 	enter, exit map[string][]Trigger
+	byName      map[string]Trigger
+	th          *thresholds // nil: no threshold triggers
 }
 
-func newSet(ts []Trigger) *set {
-	s := &set{list: slices.Clone(ts), enter: map[string][]Trigger{}, exit: map[string][]Trigger{}}
+func newSet(ts []Trigger, th *thresholds) *set {
+	s := &set{list: slices.Clone(ts), enter: map[string][]Trigger{}, exit: map[string][]Trigger{}, byName: map[string]Trigger{}, th: th}
 	for _, t := range s.list {
-		if t.On == Enter {
+		s.byName[t.Name] = t
+		switch t.On {
+		case Enter:
 			s.enter[t.Segment] = append(s.enter[t.Segment], t)
-		} else {
+		case Exit:
 			s.exit[t.Segment] = append(s.exit[t.Segment], t)
 		}
 	}
@@ -135,7 +140,7 @@ func NewFirer(ctx context.Context, cfg FirerConfig) (*Firer, error) {
 			return nil, fmt.Errorf("trigger firer: register metrics: %w", err)
 		}
 	}
-	f.triggers.Store(newSet(nil))
+	f.triggers.Store(newSet(nil, nil))
 	if err := EnsureStreams(ctx, cfg.JS, cfg.Topology, StreamOptions{}); err != nil {
 		return nil, fmt.Errorf("trigger firer: %w", err)
 	}
@@ -143,12 +148,27 @@ func NewFirer(ctx context.Context, cfg FirerConfig) (*Firer, error) {
 }
 
 // SetTriggers validates ts and swaps them in atomically: a Fire running concurrently sees either
-// the old set or the new one, never a mix. On error the old set stays.
+// the old set or the new one, never a mix. On error the old set stays. Threshold triggers need
+// the rules file they belong to: set those with SetRulesFile.
 func (f *Firer) SetTriggers(ts []Trigger) error {
+	return f.setTriggers(ts, nil)
+}
+
+func (f *Firer) setTriggers(ts []Trigger, file *rules.File) error {
 	if err := ValidateTriggers(ts, f.cfg.AllowHosts); err != nil {
 		return err
 	}
-	f.triggers.Store(newSet(ts))
+	var th *thresholds
+	if slices.ContainsFunc(ts, func(t Trigger) bool { return t.On == Threshold }) {
+		if file == nil {
+			return errors.New("threshold triggers need their rules file: use SetRulesFile")
+		}
+		var err error
+		if th, err = compileThresholds(file, ts); err != nil {
+			return err
+		}
+	}
+	f.triggers.Store(newSet(ts, th))
 	for _, t := range ts {
 		f.fired.WithLabelValues(t.Name) // a series from the start, so rate() and alerts see the first firing
 	}
@@ -167,10 +187,6 @@ func (f *Firer) Fire(ctx context.Context, d *delta.Delta) error {
 		return nil
 	}
 	s := f.triggers.Load()
-	type pending struct {
-		name string
-		fut  jetstream.PubAckFuture
-	}
 	var futs []pending
 	publish := func(segs []string, index map[string][]Trigger) error {
 		for _, seg := range segs {
@@ -194,35 +210,18 @@ func (f *Firer) Fire(ctx context.Context, d *delta.Delta) error {
 	if err := publish(d.Exited, s.exit); err != nil {
 		return err
 	}
-	if len(futs) == 0 {
-		return nil
-	}
-	timer := time.NewTimer(f.cfg.PublishTimeout)
-	defer timer.Stop()
-	var errs []error
-	for _, p := range futs {
-		select {
-		case ack := <-p.fut.Ok():
-			if !ack.Duplicate {
-				f.fired.WithLabelValues(p.name).Inc()
-			}
-		case err := <-p.fut.Err():
-			errs = append(errs, fmt.Errorf("fire trigger %q: %w", p.name, err))
-		case <-timer.C:
-			return errors.Join(append(errs, fmt.Errorf("fire trigger %q: no ack from JetStream within %s", p.name, f.cfg.PublishTimeout))...)
-		case <-ctx.Done():
-			return errors.Join(append(errs, fmt.Errorf("fire trigger %q: %w", p.name, ctx.Err()))...)
-		}
-	}
-	return errors.Join(errs...)
+	return f.await(ctx, futs)
 }
 
 // message builds the TRIGGERS message of one firing.
 func (f *Firer) message(t Trigger, d *delta.Delta) (*nats.Msg, error) {
 	id := FiringID(t.Name, d.UserID, d.Version)
 	typ := TypeEnter
-	if t.On == Exit {
+	switch t.On {
+	case Exit:
 		typ = TypeExit
+	case Threshold:
+		typ = TypeThreshold
 	}
 	// The event time is when the causing event was accepted, so a redelivery builds the same body.
 	at := f.cfg.Now()
@@ -242,7 +241,7 @@ func (f *Firer) message(t Trigger, d *delta.Delta) (*nats.Msg, error) {
 		Time:            at.UTC(),
 		DataContentType: "application/json",
 		Data: EventData{
-			Trigger: t.Name, Segment: t.Segment, UserID: d.UserID,
+			Trigger: t.Name, Segment: t.Segment, Condition: t.Expr, UserID: d.UserID,
 			Version: d.Version, Ruleset: d.Ruleset, Members: members,
 		},
 	})

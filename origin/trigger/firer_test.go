@@ -140,34 +140,6 @@ func TestRedeliveredDeltaFiresOnce(t *testing.T) {
 // reports a delta with that segment in Entered only when the score crosses upward, so the
 // trigger fires once per crossing: 70→85 fires, 85→90 (still above, no membership change)
 // does not, 90→60 is an exit, 60→95 fires again.
-func TestThresholdFiresOncePerCrossing(t *testing.T) {
-	n := testenv.StartNATS(t)
-	const hidden = "__trigger_engagement_above_80"
-	f := newFirer(t, n, nil, Trigger{Name: "engaged", On: Enter, Segment: hidden, Webhook: hook})
-	var members []string
-	scores := []float64{70, 85, 90, 95, 60, 95}
-	for i, score := range scores {
-		var now []string
-		if score > 80 {
-			now = []string{hidden}
-		}
-		d := &delta.Delta{UserID: "u1", Version: uint64(i + 1), Members: now}
-		if len(now) > 0 && len(members) == 0 {
-			d.Entered = now
-		}
-		if len(now) == 0 && len(members) > 0 {
-			d.Exited = members
-		}
-		members = now
-		if err := f.Fire(context.Background(), d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got, want := ids(firings(t, n)), "engaged/u1/2 engaged/u1/6"; got != want {
-		t.Fatalf("firings = %q, want %q", got, want)
-	}
-}
-
 func TestSetTriggersRejectsBadSetsAndKeepsTheOld(t *testing.T) {
 	n := testenv.StartNATS(t)
 	good := Trigger{Name: "vip", On: Enter, Segment: "high_engagement", Webhook: hook}

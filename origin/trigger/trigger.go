@@ -27,6 +27,10 @@ const (
 	Enter Kind = iota + 1
 	// Exit fires when the user leaves the segment.
 	Exit
+	// Threshold fires when the trigger's expression (a boolean rule, e.g.
+	// score("engagement") > 80) turns from false to true for a user: once per crossing, not on
+	// every event while it stays true.
+	Threshold
 )
 
 func (k Kind) String() string {
@@ -35,6 +39,8 @@ func (k Kind) String() string {
 		return "enter"
 	case Exit:
 		return "exit"
+	case Threshold:
+		return "threshold"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -45,7 +51,9 @@ type Trigger struct {
 	// to letters, digits, '_' and '-'.
 	Name    string
 	On      Kind
-	Segment string
+	Segment string // Enter and Exit
+	// Expr is a Threshold trigger's condition, a boolean rule over profile features.
+	Expr string
 	// Webhook is the http(s) URL the firing is POSTed to.
 	Webhook string
 }
@@ -58,11 +66,17 @@ func (t Trigger) Validate(allow []string) error {
 	if !nameRE.MatchString(t.Name) {
 		return fmt.Errorf("trigger %q: name must be 1-128 letters, digits, '_' or '-'", t.Name)
 	}
-	if t.On != Enter && t.On != Exit {
-		return fmt.Errorf("trigger %q: on must be enter or exit, got %v", t.Name, t.On)
-	}
-	if t.Segment == "" {
-		return fmt.Errorf("trigger %q: no segment", t.Name)
+	switch t.On {
+	case Enter, Exit:
+		if t.Segment == "" {
+			return fmt.Errorf("trigger %q: no segment", t.Name)
+		}
+	case Threshold:
+		if strings.TrimSpace(t.Expr) == "" {
+			return fmt.Errorf("trigger %q: threshold without a condition", t.Name)
+		}
+	default:
+		return fmt.Errorf("trigger %q: on must be enter, exit or a condition, got %v", t.Name, t.On)
 	}
 	if err := ValidateWebhook(t.Webhook, allow); err != nil {
 		return fmt.Errorf("trigger %q: %w", t.Name, err)
@@ -88,8 +102,8 @@ func ValidateTriggers(ts []Trigger, allow []string) error {
 }
 
 // ParseOn parses the rules file's `on:` value: enter("segment") or exit("segment"). A threshold
-// condition is not accepted here: the rule compiler turns it into a hidden segment and an
-// enter(...) of that segment.
+// condition is not accepted here: core/rules parses it (TriggerThreshold) and SetRulesFile
+// compiles it.
 func ParseOn(s string) (Kind, string, error) {
 	s = strings.TrimSpace(s)
 	open := strings.IndexByte(s, '(')
