@@ -24,7 +24,6 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
-	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/origin/engine"
 	"github.com/segedge/segedge/origin/members"
@@ -146,7 +145,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	mgr := rulesets.NewManager(rstore, &rulesets.WasmCompiler{RT: rt}, log, reg, func(l rulesets.Loaded, src []byte) {
 		s.rules.Store(&activeRuleset{Rules: l, segments: l.SegmentNames()})
-		if err := firer.SetTriggers(triggersOf(src)); err != nil {
+		if err := firer.SetRulesFile(src); err != nil {
 			log.Error("triggers of the new ruleset not set; keeping the previous ones", "version", l.Version(), "err", err)
 		}
 		if rescan != nil {
@@ -290,27 +289,4 @@ type redisLogger struct{ log *slog.Logger }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
-}
-
-// triggersOf reads the enter/exit triggers of a stored rules file (threshold triggers are not
-// fired yet: see the triggers docs).
-func triggersOf(src []byte) []trigger.Trigger {
-	f, err := rules.Parse("rules.yaml", src)
-	if err != nil {
-		return nil
-	}
-	var out []trigger.Trigger
-	for _, d := range f.Triggers {
-		var k trigger.Kind
-		switch d.Kind {
-		case rules.TriggerEnter:
-			k = trigger.Enter
-		case rules.TriggerExit:
-			k = trigger.Exit
-		default:
-			continue
-		}
-		out = append(out, trigger.Trigger{Name: d.Name, On: k, Segment: d.Segment, Webhook: d.Webhook})
-	}
-	return out
 }
