@@ -84,6 +84,10 @@ type Config struct {
 	// the client's own If-None-Match/If-Modified-Since with 304, since the body it sends is not
 	// the stored one. HEAD requests never reach Render.
 	Render func(ctx *fasthttp.RequestCtx, e *httpcache.Entry) bool
+	// OnUpstream, when set, is called before each request to an upstream with that request (it
+	// may add headers); the function it returns, if not nil, is called once the response
+	// headers arrived or the request failed. The edge traces upstream requests with it.
+	OnUpstream func(req *fasthttp.Request) func(resp *fasthttp.Response, err error)
 	// Now is the proxy's clock for request and response times of cached responses (default:
 	// the cache's clock, or time.Now). Tests inject one.
 	Now func() time.Time

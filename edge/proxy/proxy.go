@@ -110,8 +110,15 @@ func (p *Proxy) pass(ctx *fasthttp.RequestCtx, up *upstream) {
 // roundTrip sends req and reads the upstream's response headers into resp; the body stays in
 // resp.BodyStream() (or resp.Body() when small or absent). It records the upstream metrics.
 func (p *Proxy) roundTrip(up *upstream, req *fasthttp.Request, resp *fasthttp.Response) error {
+	var done func(*fasthttp.Response, error)
+	if p.cfg.OnUpstream != nil {
+		done = p.cfg.OnUpstream(req)
+	}
 	start := time.Now()
 	err := up.client.Do(req, resp)
+	if done != nil {
+		done(resp, err)
+	}
 	if err != nil {
 		p.m.errors.WithLabelValues(errorReason(err)).Inc()
 		p.m.duration.WithLabelValues("error").Observe(time.Since(start).Seconds())

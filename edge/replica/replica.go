@@ -484,7 +484,7 @@ func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 			r.m.bad.Inc()
 			r.cfg.Log.Warn("replica: unreadable delta skipped", "err", err)
 		} else {
-			r.Apply(d)
+			r.applyTraced(msg.Headers(), d)
 		}
 		if meta != nil {
 			r.lastSeq.Store(meta.Sequence.Stream)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/segedge/segedge/core/config"
+	"github.com/segedge/segedge/core/trace"
 )
 
 // Config is every setting of the edge. Each field is a flag with an environment variable of the
@@ -33,6 +34,7 @@ type Config struct {
 	LogFormat          string        // LOG_FORMAT
 	LogLevel           string        // LOG_LEVEL
 	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT
+	Trace              trace.Config  // SEGEDGE_OTLP_ENDPOINT, SEGEDGE_TRACE_SAMPLE_RATIO
 }
 
 // Flags defines the edge's settings on a new config.Set, writing into c.
@@ -60,6 +62,7 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
+	trace.Flags(s, &c.Trace)
 	return s
 }
 
@@ -72,7 +75,7 @@ func (c *Config) Validate() error {
 	} else {
 		errs = append(errs, config.CheckURL("UPSTREAM_URL", c.UpstreamURL, "http", "https"))
 	}
-	errs = append(errs, config.CheckURL("ORIGIN_URL", c.OriginURL, "http", "https"))
+	errs = append(errs, config.CheckURL("ORIGIN_URL", c.OriginURL, "http", "https"), c.Trace.Validate())
 	errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
 	if c.CookieKey != "" && len(c.CookieKey) < 32 {
 		errs = append(errs, errors.New("SEGEDGE_COOKIE_KEY must be at least 32 bytes"))

@@ -228,7 +228,9 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 	*vp = variants
 	t1 := time.Now()
 	ctx.Response.ResetBody()
+	span := startSpan(ctx, "edge.splice")
 	pg.Render(ctx.Response.BodyWriter(), variants)
+	span.End()
 	e.spliceDur.Observe(time.Since(t1).Seconds())
 	rh := &ctx.Response.Header
 	rh.Set("Cache-Control", "private, no-cache")
@@ -254,6 +256,7 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 // "no segments, every error bit" and the page keeps its defaults (fail closed).
 func (e *edge) evaluate(ctx *fasthttp.RequestCtx, rs *edgeRuleset, res *rules.Result) {
 	t0 := time.Now()
+	span := startSpan(ctx, "edge.eval")
 	v := e.identify(ctx)
 	var ent *replica.Entry
 	if !v.new {
@@ -267,6 +270,7 @@ func (e *edge) evaluate(ctx *fasthttp.RequestCtx, rs *edgeRuleset, res *rules.Re
 		err = rs.ev.Evaluate(ctx, nil, req, time.Now(), res)
 	}
 	e.evalDur.Observe(time.Since(t0).Seconds())
+	traceEval(span, rs.version, ent != nil, err)
 	if err != nil {
 		e.evalFailures.Inc()
 		rs.man.Fail(res)

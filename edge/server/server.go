@@ -25,6 +25,7 @@ import (
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
+	"github.com/segedge/segedge/core/trace"
 	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/proxy"
@@ -52,6 +53,11 @@ func Main(args []string, stderr io.Writer) int {
 // content); /readyz says ready only once NATS is connected. If the first connection does not
 // succeed within cfg.NATSConnectTimeout, Run fails: a misconfigured NATS_URL must not go unnoticed.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-edge")
+	if err != nil {
+		return err
+	}
+	defer trace.Stop(stopTracing, log)
 	reg := ops.NewRegistry()
 	var ready ops.Readiness
 
@@ -84,6 +90,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Cache:        cache,
 		OnCacheFill:  onCacheFill,
 		Render:       e.render,
+		OnUpstream:   traceUpstream,
 	}, reg, log)
 	if err != nil {
 		return fmt.Errorf("proxy to %s: %w", cfg.UpstreamURL, err)
@@ -146,7 +153,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	e.push = push.NewHub(cfg.StreamMaxPerUser, cfg.StreamMax, reg)
 	e.done = make(chan struct{})
 	srv := &fasthttp.Server{
-		Handler:                       e.handle,
+		Handler:                       e.handler(),
 		Name:                          "segedge",
 		ReadTimeout:                   30 * time.Second,
 		WriteTimeout:                  60 * time.Second,
@@ -306,7 +313,7 @@ func (e *edge) handle(ctx *fasthttp.RequestCtx) {
 // with the first HTML page, not with every image or script.
 func (e *edge) serveSite(ctx *fasthttp.RequestCtx) {
 	_, known := e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName))
-	e.proxy.Handle(ctx)
+	e.proxied(ctx)
 	// Render (a personalized page) has identified the visitor already.
 	if !known && isHTML(ctx.Response.Header.ContentType()) && ctx.Response.Header.PeekCookie(identity.CookieName) == nil {
 		e.identify(ctx)

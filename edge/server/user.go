@@ -81,7 +81,7 @@ func (e *edge) postEvents(ctx *fasthttp.RequestCtx) {
 		writeJSONBody(ctx, ingest.Result{Error: "too many events from this visitor; slow down"})
 		return
 	}
-	code, res := e.ingest.Load().Handle(ctx, body, string(ctx.Request.Header.ContentType()), lim, time.Now())
+	code, res := e.ingest.Load().Handle(spanContext(ctx), body, string(ctx.Request.Header.ContentType()), lim, time.Now())
 	ctx.SetStatusCode(code)
 	writeJSONBody(ctx, res)
 }

@@ -24,6 +24,8 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 
 // postEvents is POST /v1/events: a JSON array or NDJSON of events, stored in EVENTS before the 202.
 func (o *origin) postEvents(w http.ResponseWriter, r *http.Request) {
+	ctx, span := traceIngest(r)
+	defer span.End()
 	lim := o.limits
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(lim.MaxBodyBytes)+1))
 	var tooBig *http.MaxBytesError
@@ -36,7 +38,8 @@ func (o *origin) postEvents(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "read body: "+err.Error())
 		return
 	}
-	code, res := o.ingest.Handle(r.Context(), body, r.Header.Get("Content-Type"), lim, time.Now())
+	code, res := o.ingest.Handle(ctx, body, r.Header.Get("Content-Type"), lim, time.Now())
+	traceIngested(span, code, res.Accepted)
 	writeJSON(w, code, res)
 }
 

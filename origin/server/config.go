@@ -9,6 +9,7 @@ import (
 
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
+	"github.com/segedge/segedge/core/trace"
 )
 
 // Config is every setting of the origin. Each field is a flag with an environment variable of
@@ -33,6 +34,7 @@ type Config struct {
 	LogFormat          string        // LOG_FORMAT: text or json
 	LogLevel           string        // LOG_LEVEL
 	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT: grace for in-flight requests
+	Trace              trace.Config  // SEGEDGE_OTLP_ENDPOINT, SEGEDGE_TRACE_SAMPLE_RATIO
 }
 
 // Flags defines the origin's settings on a new config.Set, writing into c.
@@ -57,13 +59,14 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
+	trace.Flags(s, &c.Trace)
 	return s
 }
 
 // Validate checks what can be checked without touching the network.
 func (c *Config) Validate() error {
 	var errs []error
-	errs = append(errs, config.CheckAddr("ORIGIN_ADDR", c.Addr))
+	errs = append(errs, config.CheckAddr("ORIGIN_ADDR", c.Addr), c.Trace.Validate())
 	if c.NATSURL != "" {
 		errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
 	} else {

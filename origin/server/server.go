@@ -25,6 +25,7 @@ import (
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/rulestore"
+	"github.com/segedge/segedge/core/trace"
 	"github.com/segedge/segedge/origin/engine"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/rulesets"
@@ -52,6 +53,11 @@ func Main(args []string, stderr io.Writer) int {
 // Run starts the origin and blocks until ctx is done, then shuts down: it stops accepting, lets
 // in-flight requests finish within cfg.ShutdownTimeout, and closes NATS and the store.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-origin")
+	if err != nil {
+		return err
+	}
+	defer trace.Stop(stopTracing, log)
 	reg := ops.NewRegistry()
 	var ready ops.Readiness
 
