@@ -282,6 +282,7 @@ func (o *origin) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/users/{id}", reader(o.getUser))
 	mux.HandleFunc("DELETE /v1/users/{id}", admin(o.deleteUser))
 	mux.HandleFunc("GET /v1/users/{id}/segments", reader(o.getUserSegments))
+	mux.HandleFunc("GET /v1/users/{id}/explain", admin(o.newExplainer().serve)) // explain.go
 	mux.HandleFunc("GET /user/segments", reader(o.getUserSegments))
 	mux.HandleFunc("GET /v1/segments", reader(o.listSegments))
 	mux.HandleFunc("POST /v1/invalidate", admin(o.postInvalidate))
