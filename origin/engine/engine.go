@@ -91,8 +91,8 @@ type TriggerSink interface {
 
 // ThresholdSink is implemented by a TriggerSink that also fires threshold triggers (`on:
 // <expression>`): the engine evaluates the expressions after each evaluation, remembers which
-// held in the user's membership record, and fires those that turned from false to true, once
-// per crossing, with the delta that records the crossing.
+// held in the user's membership record, and fires those that turned from false to true after
+// an event, once per crossing, with the delta that records the crossing.
 type ThresholdSink interface {
 	// ThresholdSpec is what profiles must maintain for the ruleset and the threshold
 	// expressions together, or nil when no threshold trigger is set.
@@ -546,7 +546,13 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	if b.th != nil {
 		thr = b.th.Thresholds(prof, now, nil)
 	}
-	crossed, _ := diff(prev.Thresholds, thr)
+	// Threshold triggers fire on a crossing after an event. A condition that turns true by time
+	// or by a new ruleset (a rescan of every profile) is recorded without firing: activating a
+	// ruleset must not fire for every user already above a threshold.
+	var crossed []string
+	if cause == delta.CauseEvent {
+		crossed, _ = diff(prev.Thresholds, thr)
+	}
 	thrChanged := !slices.Equal(prev.Thresholds, thr)
 	entered, exited := diff(prev.Members, segs)
 	changed := len(entered) > 0 || len(exited) > 0

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,8 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
+	"github.com/segedge/segedge/core/profile"
 	"github.com/segedge/segedge/core/testenv"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/schedule"
@@ -141,4 +144,101 @@ func TestThresholdTriggerFiresOncePerCrossing(t *testing.T) {
 	if got := fired(); got != "cart/ada/1 engaged/ada/2 cart/ada/4 engaged/ada/5" {
 		t.Fatalf("after the second crossing: fired %q", got)
 	}
+}
+
+// TestNewThresholdDoesNotFireForUsersAlreadyAbove: a threshold trigger added by a new ruleset is
+// recorded by the background re-evaluation without firing; the user fires only after dropping
+// below and crossing again after an event.
+func TestNewThresholdDoesNotFireForUsersAlreadyAbove(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	firer, err := trigger.NewFirer(ctx, trigger.FirerConfig{JS: n.JS, Topology: n.Topology})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// First without the threshold trigger (but with the score, so profiles keep it).
+	noThreshold := strings.Replace(thresholdRules, "  - name: engaged\n    on: score(\"engagement\") > 10.0\n    webhook: https://hooks.example.com/engaged\n", "", 1)
+	if err := firer.SetRulesFile([]byte(noThreshold)); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := compileSpec(t, thresholdRules)
+	rules := newCartRules(t)
+	rules.spec = spec // profiles maintain the score from the start
+	mem := members.NewMemory()
+	clk := &clock{now: time.Now()}
+	eng, err := New(Config{
+		JS: n.JS, Topology: n.Topology, Store: memory.New(store.Options{Now: clk.Now}), Members: mem,
+		Schedule: schedule.NewMemory(), Rules: func() Rules { return rules }, Now: clk.Now,
+		DuePoll: 10 * time.Millisecond, Triggers: firer,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run(ctx)
+	pub := ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())
+	for i := range 3 { // engagement 15
+		for _, err := range pub.Publish(ctx, []event.Event{{ID: fmt.Sprint("c", i), UserID: "bo", Type: "add_to_cart", TS: clk.Now()}}, clk.Now()) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r, _ := mem.Get(ctx, "bo"); r.Version < 1; r, _ = mem.Get(ctx, "bo") {
+		if time.Now().After(deadline) {
+			t.Fatal("no membership")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := firer.SetRulesFile([]byte(thresholdRules)); err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Reevaluate(ctx, "bo", delta.CauseRuleset); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := mem.Get(ctx, "bo"); !slices.Equal(r.Thresholds, []string{"engaged"}) {
+		t.Fatalf("after the rescan, record = %+v, want engaged held", r)
+	}
+	for _, err := range pub.Publish(ctx, []event.Event{{ID: "c9", UserID: "bo", Type: "add_to_cart", TS: clk.Now()}}, clk.Now()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	s, err := n.JS.Stream(ctx, strings.ToUpper(n.Topology.Prefix)+"TRIGGERS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id := m.Header.Get("Nats-Msg-Id"); strings.HasPrefix(id, "engaged/") {
+			t.Fatalf("threshold fired for a user already above it: %s", id)
+		}
+	}
+}
+
+// compileSpec returns the profile spec of a rules file's segments and threshold conditions.
+func compileSpec(t *testing.T, src string) (*profile.Spec, *trigger.Firer) {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	f, err := trigger.NewFirer(context.Background(), trigger.FirerConfig{JS: n.JS, Topology: n.Topology})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetRulesFile([]byte(src)); err != nil {
+		t.Fatal(err)
+	}
+	return f.ThresholdSpec(), f
 }
