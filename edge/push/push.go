@@ -82,19 +82,35 @@ func (s *Sub) Close() {
 	})
 }
 
+// Check reports whether Subscribe(user) would be within the limits now, without taking a place;
+// a "no" is counted as a refusal. A protocol that cannot refuse once it has committed to a
+// response (the WebSocket upgrade) checks first; Subscribe stays the authority.
+func (h *Hub) Check(user string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.admit(user)
+}
+
+func (h *Hub) admit(user string) error {
+	if h.total >= h.maxTotal {
+		h.refused.WithLabelValues("total").Inc()
+		return ErrTooMany
+	}
+	if len(h.users[user]) >= h.maxPerUser {
+		h.refused.WithLabelValues("user").Inc()
+		return ErrTooMany
+	}
+	return nil
+}
+
 // Subscribe opens a subscription for user, within the limits.
 func (h *Hub) Subscribe(user string) (*Sub, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.total >= h.maxTotal {
-		h.refused.WithLabelValues("total").Inc()
-		return nil, ErrTooMany
+	if err := h.admit(user); err != nil {
+		return nil, err
 	}
 	subs := h.users[user]
-	if len(subs) >= h.maxPerUser {
-		h.refused.WithLabelValues("user").Inc()
-		return nil, ErrTooMany
-	}
 	if subs == nil {
 		subs = map[*Sub]struct{}{}
 		h.users[user] = subs
