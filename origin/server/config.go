@@ -29,6 +29,8 @@ type Config struct {
 	Retention          time.Duration // SEGEDGE_RETENTION: how long idle profiles are kept
 	WebhookSecret      string        // SEGEDGE_WEBHOOK_SECRET: signs trigger webhooks
 	WebhookAllow       string        // SEGEDGE_WEBHOOK_ALLOW: hosts webhooks may reach despite the private-address guard
+	WebhookAttempts    int           // SEGEDGE_WEBHOOK_ATTEMPTS: deliveries before a firing is dead-lettered
+	WebhookBackoff     time.Duration // SEGEDGE_WEBHOOK_BACKOFF: delay before the first retry (doubles per attempt)
 	RescanRate         float64       // SEGEDGE_RESCAN_RATE: profiles re-evaluated per second after a ruleset change
 	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
 	LogFormat          string        // LOG_FORMAT: text or json
@@ -54,6 +56,8 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.Duration(&c.Retention, "retention", "SEGEDGE_RETENTION", 90*24*time.Hour, "how long an idle profile is kept after its last event")
 	s.String(&c.WebhookSecret, "webhook-secret", "SEGEDGE_WEBHOOK_SECRET", "", "HMAC-SHA256 key of the X-Segedge-Signature header on trigger webhooks; empty: webhooks are not called")
 	s.String(&c.WebhookAllow, "webhook-allow", "SEGEDGE_WEBHOOK_ALLOW", "", "comma-separated hosts (e.g. 127.0.0.1, *.example.com) webhooks may reach even on private addresses")
+	s.Int(&c.WebhookAttempts, "webhook-attempts", "SEGEDGE_WEBHOOK_ATTEMPTS", 8, "webhook deliveries tried before a trigger firing goes to TRIGGERS_DLQ")
+	s.Duration(&c.WebhookBackoff, "webhook-backoff", "SEGEDGE_WEBHOOK_BACKOFF", time.Second, "delay before a failed webhook is retried the first time; doubles per attempt up to 5 minutes, with jitter")
 	s.Float(&c.RescanRate, "rescan-rate", "SEGEDGE_RESCAN_RATE", 2000, "profiles re-evaluated per second in the background after a ruleset change")
 	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
@@ -74,6 +78,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisURL != "" {
 		errs = append(errs, config.CheckURL("REDIS_URL", c.RedisURL, "redis", "rediss", "unix"))
+	}
+	if c.WebhookAttempts < 1 || c.WebhookBackoff <= 0 {
+		errs = append(errs, fmt.Errorf("SEGEDGE_WEBHOOK_ATTEMPTS %d, SEGEDGE_WEBHOOK_BACKOFF %s: want at least 1 and a positive duration", c.WebhookAttempts, c.WebhookBackoff))
 	}
 	if c.Partitions < 1 || c.Partitions > 1024 {
 		errs = append(errs, fmt.Errorf("SEGEDGE_PARTITIONS %d: want 1 to 1024", c.Partitions))

@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("SEGEDGE_WEBHOOK_SECRET is empty: trigger firings are published on NATS but no webhook is called")
 	} else {
 		disp, err := trigger.NewDispatcher(trigger.DispatcherConfig{JS: js, Topology: topo, Secret: []byte(cfg.WebhookSecret),
-			AllowHosts: cfg.webhookAllow(), Registerer: reg, Log: log})
+			AllowHosts: cfg.webhookAllow(), MaxAttempts: cfg.WebhookAttempts, BackoffBase: cfg.WebhookBackoff, Registerer: reg, Log: log})
 		if err != nil {
 			return fmt.Errorf("webhooks: %w", err)
 		}
@@ -150,10 +150,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		go disp.Run(dctx)
 	}
 	mgr := rulesets.NewManager(rstore, &rulesets.WasmCompiler{RT: rt}, log, reg, func(l rulesets.Loaded, src []byte) {
-		s.rules.Store(&activeRuleset{Rules: l, segments: l.SegmentNames()})
+		// Triggers first: a delta evaluated with the new ruleset must find its triggers set.
 		if err := firer.SetRulesFile(src); err != nil {
 			log.Error("triggers of the new ruleset not set; keeping the previous ones", "version", l.Version(), "err", err)
 		}
+		s.rules.Store(&activeRuleset{Rules: l, segments: l.SegmentNames()})
 		if rescan != nil {
 			rescan.Start(l.Version())
 		}
