@@ -49,9 +49,19 @@ func TestRulesetSwapsReachEveryEdgeWithoutFailedOrMixedResponses(t *testing.T) {
 			t.Fatalf("push %d: %d", n, res.StatusCode)
 		}
 	}
+	var whyMu sync.Mutex
+	var why []string // the first few failures, so a red run says what went wrong
+	note := func(format string, args ...any) {
+		whyMu.Lock()
+		defer whyMu.Unlock()
+		if len(why) < 5 {
+			why = append(why, fmt.Sprintf(format, args...))
+		}
+	}
 	versionOn := func(edge string) (string, string, int) {
 		res, err := http.Get(edge + "/")
 		if err != nil {
+			note("GET %s: %v", edge, err)
 			return "", "", 0
 		}
 		b, _ := io.ReadAll(res.Body)
@@ -78,10 +88,14 @@ func TestRulesetSwapsReachEveryEdgeWithoutFailedOrMixedResponses(t *testing.T) {
 					total.Add(1)
 					if code != 200 {
 						failed.Add(1)
+						if code != 0 {
+							note("GET %s: status %d, body %.200q", edge, code, body)
+						}
 						continue
 					}
 					if v != "" && !strings.Contains(body, `data-seg-slot="hero">v`+v+`<`) {
 						mixed.Add(1)
+						note("GET %s: Segedge-Ruleset %s but body %.300q", edge, v, body)
 					}
 				}
 			}()
@@ -110,6 +124,6 @@ func TestRulesetSwapsReachEveryEdgeWithoutFailedOrMixedResponses(t *testing.T) {
 	slices.Sort(lat)
 	t.Logf("push → live on both edges over 50 pushes: p50 %s, max %s; %d requests during the swaps", lat[len(lat)/2], lat[len(lat)-1], total.Load())
 	if f, m := failed.Load(), mixed.Load(); f != 0 || m != 0 {
-		t.Fatalf("%d failed and %d mixed responses during 50 swaps", f, m)
+		t.Fatalf("%d failed and %d mixed responses during 50 swaps; first ones:\n%s", f, m, strings.Join(why, "\n"))
 	}
 }

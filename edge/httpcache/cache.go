@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -94,6 +95,8 @@ type Cache struct {
 
 	flightMu sync.Mutex
 	inflight map[string]*call
+
+	nextID atomic.Uint64 // Entry.ID
 
 	m *metrics
 }
@@ -199,6 +202,9 @@ func (c *Cache) Store(host, uri string, req RequestHeader, e *Entry) *Entry {
 		}
 	}
 	e.weight = uint32(min(e.size(), 1<<32-1))
+	if e.ID == 0 {
+		e.ID = c.nextID.Add(1)
+	}
 	c.index(e)
 	c.store.Set(e.key, e)
 	return e

@@ -28,6 +28,10 @@ type Entry struct {
 	// when the entry is stored and carried over by revalidations.
 	Compiled any
 
+	// ID is unique per stored entry (set by Cache.Store; 0 before): what is derived from this
+	// entry's body elsewhere (compressed copies) is keyed by it, so it dies with the entry.
+	ID uint64
+
 	// URI is the request URI (path and query) the entry answers, set before OnCacheFill runs and
 	// by Cache.Store; the edge uses it to record dependencies (Cache.AddDependency(e.URI, fragment)).
 	URI string

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/segedge/segedge/edge/compress"
 	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/valyala/fasthttp"
 )
@@ -27,7 +28,7 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 		p.passUncached(ctx, up)
 		return
 	}
-	e, st := c.Lookup(host, uri, &ctx.Request.Header)
+	e, st := c.Lookup(host, uri, p.cacheHeader(ctx))
 	// A client's no-cache or max-age=0 asks for an answer validated with the upstream.
 	mustAsk := rcc.NoCache || rcc.MaxAge == 0
 	now := p.cfg.Now()
@@ -59,9 +60,9 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 	req := p.cacheRequest(ctx, up)
 	defer fasthttp.ReleaseRequest(req)
 	var mine fetched
-	got, leader, err := c.Fetch(ctx, httpcache.FlightKey(host, uri), &ctx.Request.Header, func() (*httpcache.Entry, error) {
+	got, leader, err := c.Fetch(ctx, httpcache.FlightKey(host, uri), p.cacheHeader(ctx), func() (*httpcache.Entry, error) {
 		// A fetch that finished between our Lookup and now has stored what we need.
-		if again, st := c.Lookup(host, uri, &ctx.Request.Header); st == httpcache.Fresh && !mustAsk && again != e {
+		if again, st := c.Lookup(host, uri, p.cacheHeader(ctx)); st == httpcache.Fresh && !mustAsk && again != e {
 			mine = fetched{entry: again, result: httpcache.Hit}
 			return again, nil
 		}
@@ -128,6 +129,9 @@ func (p *Proxy) cacheRequest(ctx *fasthttp.RequestCtx, up *upstream) *fasthttp.R
 	req.Header.SetMethod(fasthttp.MethodGet)
 	for _, h := range conditionalHeaders {
 		req.Header.Del(h)
+	}
+	if p.cfg.Compress != nil {
+		req.Header.SetBytesV("Accept-Encoding", identityValue) // the cache keeps identity bodies
 	}
 	return req
 }
@@ -289,6 +293,10 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx, e *httpcache.Entry, result httpc
 	} else if e.Status == fasthttp.StatusOK && notModified(&ctx.Request.Header, e) {
 		r.SetStatusCode(fasthttp.StatusNotModified)
 		r.SkipBody = true
+		return
+	}
+	if enc := p.Coding(ctx, e); enc != compress.Identity {
+		SetEncoded(r, enc, p.Compressed(e, 0, enc, func() []byte { return e.Body }))
 		return
 	}
 	r.SetBodyRaw(e.Body) // entries are immutable: no copy

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/segedge/segedge/edge/compress"
 	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/valyala/fasthttp"
 )
@@ -88,6 +89,10 @@ type Config struct {
 	// may add headers); the function it returns, if not nil, is called once the response
 	// headers arrived or the request failed. The edge traces upstream requests with it.
 	OnUpstream func(req *fasthttp.Request) func(resp *fasthttp.Response, err error)
+	// Compress, when set, makes the proxy compress what it serves from the cache (gzip or
+	// brotli, per Accept-Encoding) and keep the compressed bodies there; the cache then holds
+	// identity bodies only (see encoding.go).
+	Compress *compress.Cache
 	// Now is the proxy's clock for request and response times of cached responses (default:
 	// the cache's clock, or time.Now). Tests inject one.
 	Now func() time.Time

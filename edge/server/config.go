@@ -26,6 +26,10 @@ type Config struct {
 	CacheBytes         int           // SEGEDGE_CACHE_BYTES: bound of the HTTP cache
 	CountryHeader      string        // SEGEDGE_COUNTRY_HEADER: request header with the visitor's country
 	CookieSecure       bool          // SEGEDGE_COOKIE_SECURE: mark the cookie Secure (the edge is behind TLS)
+	UserHeader         string        // SEGEDGE_USER_HEADER: a logged-in user's id, set by a trusted hop
+	TrustedNetworks    string        // SEGEDGE_TRUSTED_NETWORKS: where that hop connects from
+	Compress           bool          // SEGEDGE_COMPRESS: gzip/brotli what is served from the cache
+	CompressCacheBytes int           // SEGEDGE_COMPRESS_CACHE_BYTES: bound of the compressed-body cache
 	BeaconRate         float64       // SEGEDGE_BEACON_RATE: events per second per visitor
 	StreamHeartbeat    time.Duration // SEGEDGE_STREAM_HEARTBEAT
 	StreamMaxPerUser   int           // SEGEDGE_STREAM_MAX_PER_USER
@@ -54,6 +58,10 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.Int(&c.CacheBytes, "cache-bytes", "SEGEDGE_CACHE_BYTES", 256<<20, "bytes the HTTP cache may hold (bodies, headers, keys)")
 	s.String(&c.CountryHeader, "country-header", "SEGEDGE_COUNTRY_HEADER", "CF-IPCountry", "request header a trusted hop in front of the edge sets to the visitor's country (request.country)")
 	s.Bool(&c.CookieSecure, "cookie-secure", "SEGEDGE_COOKIE_SECURE", false, "mark the segedge_uid cookie Secure (set it when visitors reach the edge over TLS, e.g. behind a TLS terminator)")
+	s.String(&c.UserHeader, "user-header", "SEGEDGE_USER_HEADER", "", "request header in which a trusted hop in front of the edge names the logged-in user (e.g. X-User-Id); empty: cookies only")
+	s.String(&c.TrustedNetworks, "trusted-networks", "SEGEDGE_TRUSTED_NETWORKS", "127.0.0.1/32,::1/128", "comma-separated CIDRs of the hops allowed to set SEGEDGE_USER_HEADER; from elsewhere it is ignored")
+	s.Bool(&c.Compress, "compress", "SEGEDGE_COMPRESS", true, "compress pages and assets served from the cache with brotli or gzip per Accept-Encoding (the cache keeps identity bodies)")
+	s.Int(&c.CompressCacheBytes, "compress-cache-bytes", "SEGEDGE_COMPRESS_CACHE_BYTES", 64<<20, "bytes of compressed bodies (pages and personalized variants) the edge keeps")
 	s.Float(&c.BeaconRate, "beacon-rate", "SEGEDGE_BEACON_RATE", 10, "events per second one visitor may send to the beacon (bursts of 5x)")
 	s.Duration(&c.StreamHeartbeat, "stream-heartbeat", "SEGEDGE_STREAM_HEARTBEAT", 15*time.Second, "interval of heartbeats on /user/segments/stream")
 	s.Int(&c.StreamMaxPerUser, "stream-max-per-user", "SEGEDGE_STREAM_MAX_PER_USER", 4, "open segment streams one visitor may hold")

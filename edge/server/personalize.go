@@ -1,14 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,10 +20,12 @@ import (
 	"github.com/segedge/segedge/core/purge"
 	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/core/rulestore"
+	"github.com/segedge/segedge/edge/compress"
 	"github.com/segedge/segedge/edge/device"
 	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/page"
+	"github.com/segedge/segedge/edge/proxy"
 	"github.com/segedge/segedge/edge/replica"
 	wruleset "github.com/segedge/segedge/wasm/ruleset"
 )
@@ -36,9 +38,12 @@ type edgeRuleset struct {
 	man      *rules.Manifest
 	featIDs  []uint16 // per manifest input: the replica's id of its feature key (inputs that are features)
 	featByID map[profile.Feature]uint16
-	variants [][][]byte // [slot][variant] bytes
-	results  sync.Pool
-	refs     sync.WaitGroup
+	variants atomic.Pointer[variantSet]
+	// fragments are the variants fetched from the upstream; refreshMu serializes their refreshes.
+	fragments []fragmentRef
+	refreshMu sync.Mutex
+	results   sync.Pool
+	refs      sync.WaitGroup
 }
 
 // loadRuleset fetches a stored version and loads it into the sandbox. Fragment variants are
@@ -65,40 +70,26 @@ func (e *edge) loadRuleset(ctx context.Context, store *rulestore.Store, version 
 		}
 		rs.featIDs = append(rs.featIDs, id)
 	}
-	for _, s := range rs.man.Slots {
+	set := &variantSet{}
+	for si, s := range rs.man.Slots {
 		var vs [][]byte
-		for _, vi := range s.Variants {
-			b := []byte(vi.HTML)
-			if vi.Fragment != "" {
-				if b, err = e.fetchFragment(ctx, vi.Fragment); err != nil {
+		for vi, v := range s.Variants {
+			b := []byte(v.HTML)
+			if v.Fragment != "" {
+				var tags []string
+				if b, tags, err = e.fetchFragment(ctx, v.Fragment); err != nil {
 					ev.Close()
-					return nil, fmt.Errorf("slot %s: fragment %s: %w", s.Name, vi.Fragment, err)
+					return nil, fmt.Errorf("slot %s: fragment %s: %w", s.Name, v.Fragment, err)
 				}
+				rs.fragments = append(rs.fragments, fragmentRef{slot: si, variant: vi, path: v.Fragment, tags: tags})
 			}
 			vs = append(vs, b)
 		}
-		rs.variants = append(rs.variants, vs)
+		set.bytes = append(set.bytes, vs)
 	}
+	rs.variants.Store(set)
 	rs.results.New = func() any { return rs.man.NewResult() }
 	return rs, nil
-}
-
-func (e *edge) fetchFragment(ctx context.Context, path string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", e.cfg.UpstreamURL+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		return nil, fmt.Errorf("upstream answered %d", res.StatusCode)
-	}
-	return io.ReadAll(io.LimitReader(res.Body, 1<<20))
 }
 
 // watchRulesets follows the current ruleset pointer and swaps versions in.
@@ -176,6 +167,7 @@ func (e *edge) applyPurges(ctx context.Context, js jetstream.JetStream, topo bus
 		}
 		n := e.cache.Apply(req)
 		e.log.Info("purge applied", "id", req.ID, "entries", n)
+		go e.refreshFragments(ctx, req)
 	}
 	return nil
 }
@@ -215,28 +207,49 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 	// without allocating a hasher per request.
 	h := uint64(14695981039346656037)
 	mix := func(b byte) { h = (h ^ uint64(b)) * 1099511628211 }
+	vset := rs.variants.Load()
 	for i, s := range rs.man.Slots {
 		j := pg.SlotIndex(s.Name)
 		c := res.Variants[i]
-		if j < 0 || c < 0 || int(c) >= len(rs.variants[i]) {
+		if j < 0 || c < 0 || int(c) >= len(vset.bytes[i]) {
 			continue
 		}
-		variants[j] = rs.variants[i][c]
+		variants[j] = vset.bytes[i][c]
 		mix(byte(i))
 		mix(byte(c))
 	}
 	*vp = variants
-	t1 := time.Now()
-	ctx.Response.ResetBody()
-	span := startSpan(ctx, "edge.splice")
-	pg.Render(ctx.Response.BodyWriter(), variants)
-	span.End()
-	e.spliceDur.Observe(time.Since(t1).Seconds())
 	rh := &ctx.Response.Header
 	rh.Set("Cache-Control", "private, no-cache")
-	rh.Set("Vary", "Cookie")
+	rh.Set("Vary", e.trusted.vary)
 	rh.Set("Segedge-Ruleset", strconv.FormatUint(rs.version, 10))
 	rh.Set("ETag", `"`+strconv.FormatUint(h^uint64(len(en.ETag)), 36)+"-"+strconv.FormatUint(rs.version, 10)+`"`)
+	if enc := e.proxy.Coding(ctx, en); enc != compress.Identity {
+		// One compressed copy per variant combination of this page and ruleset: the splice and
+		// the compression happen once, later visitors with the same combination get the bytes.
+		for _, b := range [...]uint64{rs.version, vset.gen} {
+			for ; b > 0; b >>= 8 {
+				mix(byte(b))
+			}
+			mix(0xff)
+		}
+		body := e.proxy.Compressed(en, h|1, enc, func() []byte {
+			var buf bytes.Buffer
+			buf.Grow(len(en.Body) + 4096)
+			t1 := time.Now()
+			pg.Render(&buf, variants)
+			e.spliceDur.Observe(time.Since(t1).Seconds())
+			return buf.Bytes()
+		})
+		proxy.SetEncoded(&ctx.Response, enc, body)
+	} else {
+		t1 := time.Now()
+		ctx.Response.ResetBody()
+		span := startSpan(ctx, "edge.splice")
+		pg.Render(ctx.Response.BodyWriter(), variants)
+		span.End()
+		e.spliceDur.Observe(time.Since(t1).Seconds())
+	}
 	if e.cfg.DebugToken != "" && string(ctx.Request.Header.Peek("Segedge-Debug")) == e.cfg.DebugToken {
 		var segs []byte
 		for i, s := range rs.man.Segments {
@@ -302,12 +315,13 @@ func (e *edge) getSlot(ctx *fasthttp.RequestCtx, name string) {
 	defer rs.results.Put(res)
 	e.evaluate(ctx, rs, res)
 	c := res.Variants[slot]
-	if c < 0 || int(c) >= len(rs.variants[slot]) {
+	vset := rs.variants.Load()
+	if c < 0 || int(c) >= len(vset.bytes[slot]) {
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 		return
 	}
 	ctx.SetContentType("text/html; charset=utf-8")
-	ctx.SetBody(rs.variants[slot][c])
+	ctx.SetBody(vset.bytes[slot][c])
 }
 
 var variantsPool = sync.Pool{New: func() any { s := make([][]byte, 0, 8); return &s }}

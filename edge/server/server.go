@@ -26,6 +26,7 @@ import (
 	"github.com/segedge/segedge/core/ingest"
 	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/trace"
+	"github.com/segedge/segedge/edge/compress"
 	"github.com/segedge/segedge/edge/httpcache"
 	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/proxy"
@@ -83,6 +84,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer rt.Close(context.Background())
 	e := &edge{cfg: cfg, log: log, cache: cache, rt: rt}
 	e.metrics(reg)
+	var compressed *compress.Cache
+	if cfg.Compress {
+		if compressed, err = compress.New(uint64(cfg.CompressCacheBytes), reg); err != nil {
+			return err
+		}
+	}
 	px, err := proxy.New(proxy.Config{
 		Upstream:     cfg.UpstreamURL,
 		ReadTimeout:  cfg.UpstreamTimeout,
@@ -91,6 +98,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		OnCacheFill:  onCacheFill,
 		Render:       e.render,
 		OnUpstream:   traceUpstream,
+		Compress:     compressed,
 	}, reg, log)
 	if err != nil {
 		return fmt.Errorf("proxy to %s: %w", cfg.UpstreamURL, err)
@@ -145,6 +153,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("SEGEDGE_COOKIE_KEY: %w", err)
 	}
 	e.proxy, e.replica, e.signer = px, rep, signer
+	if e.trusted, err = newTrustedUsers(cfg.UserHeader, cfg.TrustedNetworks, reg); err != nil {
+		return err
+	}
 	e.cookieOpts = identity.CookieOptions{Secure: cfg.CookieSecure}
 	e.limits = event.DefaultLimits()
 	e.limits.MaxBodyBytes = 64 << 10
@@ -247,6 +258,7 @@ type edge struct {
 	limits     event.Limits
 	beacons    *beaconLimiter
 	push       *push.Hub
+	trusted    *trustedUsers // the trusted user-id header (off unless configured)
 	ingest     atomic.Pointer[ingest.Publisher]
 	ruleset    atomic.Uint64
 	done       chan struct{}
@@ -261,6 +273,9 @@ type edge struct {
 	evalDur         prometheus.Histogram
 	spliceDur       prometheus.Histogram
 	evalFailures    prometheus.Counter
+
+	fragmentRefreshes prometheus.Counter
+	fragmentFailures  prometheus.Counter
 }
 
 func (e *edge) metrics(reg prometheus.Registerer) {
@@ -270,7 +285,9 @@ func (e *edge) metrics(reg prometheus.Registerer) {
 	e.evalDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_edge_eval_duration_seconds", Help: "One ruleset evaluation for a request (identity, replica, sandbox call).", Buckets: lat})
 	e.spliceDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_edge_splice_duration_seconds", Help: "Writing a personalized page from its chunks.", Buckets: lat})
 	e.evalFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_eval_failures_total", Help: "Evaluations that failed closed (the page kept its defaults)."})
-	reg.MustRegister(e.rulesetGauge, e.rulesetFailures, e.evalDur, e.spliceDur, e.evalFailures)
+	e.fragmentRefreshes = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_fragment_refreshes_total", Help: "Times a purge naming slot fragments swapped in their refetched HTML."})
+	e.fragmentFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_fragment_fetch_failures_total", Help: "Purged fragments that could not be refetched (they keep their previous HTML)."})
+	reg.MustRegister(e.rulesetGauge, e.rulesetFailures, e.evalDur, e.spliceDur, e.evalFailures, e.fragmentRefreshes, e.fragmentFailures)
 }
 
 func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
@@ -312,7 +329,11 @@ func (e *edge) handle(ctx *fasthttp.RequestCtx) {
 // serveSite proxies (and later personalizes) the site. A visitor without a valid cookie gets one
 // with the first HTML page, not with every image or script.
 func (e *edge) serveSite(ctx *fasthttp.RequestCtx) {
-	_, known := e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName))
+	// (user also removes the header when it is not to be believed, before the upstream sees it.)
+	_, known := e.trusted.user(ctx) // a logged-in user named by a trusted hop needs no cookie
+	if !known {
+		_, known = e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName))
+	}
 	e.proxied(ctx)
 	// Render (a personalized page) has identified the visitor already.
 	if !known && isHTML(ctx.Response.Header.ContentType()) && ctx.Response.Header.PeekCookie(identity.CookieName) == nil {

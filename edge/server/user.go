@@ -27,6 +27,9 @@ type visitor struct {
 // tampered), a new id is issued and the Set-Cookie header added to the response: a forged
 // cookie is replaced, never trusted.
 func (e *edge) identify(ctx *fasthttp.RequestCtx) visitor {
+	if id, ok := e.trusted.user(ctx); ok {
+		return visitor{id: id}
+	}
 	if id, ok := e.signer.Verify(ctx.Request.Header.Cookie(identity.CookieName)); ok {
 		return visitor{id: id}
 	}

@@ -93,9 +93,11 @@ func LoadVersion(ctx context.Context, rt *wasm.Runtime, version uint64, module, 
 		v.names = append(v.names, s.Name)
 		v.needsRequest = v.needsRequest || s.NeedsRequest
 	}
-	if v.needsRequest {
-		v.edgeFeatures = m.Features()
-	}
+	// Edges evaluate the whole ruleset per request (slots choose among every segment, and
+	// request-scoped rules may read profile features), so deltas carry every feature the ruleset
+	// reads, whether or not some rule needs the request: without them an edge would see every
+	// profile segment as "not a member" on a ruleset with no request-scoped rule.
+	v.edgeFeatures = m.Features()
 	v.results.New = func() any { return v.man.NewResult() }
 	return v, nil
 }
