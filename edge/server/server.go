@@ -84,6 +84,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer rt.Close(context.Background())
 	e := &edge{cfg: cfg, log: log, cache: cache, rt: rt}
 	e.metrics(reg)
+	e.explain = newExplainer(reg)
 	var compressed *compress.Cache
 	if cfg.Compress {
 		if compressed, err = compress.New(uint64(cfg.CompressCacheBytes), reg); err != nil {
@@ -273,6 +274,7 @@ type edge struct {
 	evalDur         prometheus.Histogram
 	spliceDur       prometheus.Histogram
 	evalFailures    prometheus.Counter
+	explain         *explainer // GET /user/explain with the debug token (explain.go)
 
 	fragmentRefreshes prometheus.Counter
 	fragmentFailures  prometheus.Counter
@@ -355,6 +357,8 @@ func (e *edge) userRoute(ctx *fasthttp.RequestCtx, path []byte) {
 		e.getSegments(ctx)
 	case "/user/segments/stream":
 		e.streamSegments(ctx)
+	case "/user/explain":
+		e.explain.serve(e, ctx)
 	default:
 		if name, ok := strings.CutPrefix(string(path), "/user/slots/"); ok && name != "" {
 			e.getSlot(ctx, name)

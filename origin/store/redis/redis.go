@@ -36,6 +36,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/profile"
 	"github.com/segedge/segedge/origin/store"
 )
@@ -108,7 +109,7 @@ func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (
 	}
 	res, err := applyScript.Run(ctx, s.c, s.keys(ev.UserID), args...).Slice()
 	if err != nil {
-		return nil, false, fmt.Errorf("apply event %q to user %q: %w", ev.ID, ev.UserID, err)
+		return nil, false, fmt.Errorf("apply event %q to user %s: %w", ev.ID, ops.UserRef(ev.UserID), err)
 	}
 	return decodeApplyReply(ev, res)
 }
@@ -181,7 +182,7 @@ func (s *Store) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile
 		ev := evs[c.i]
 		reply, err := c.cmd.Slice()
 		if err != nil {
-			res[c.i].Err = fmt.Errorf("apply event %q to user %q: %w", ev.ID, ev.UserID, err)
+			res[c.i].Err = fmt.Errorf("apply event %q to user %s: %w", ev.ID, ops.UserRef(ev.UserID), err)
 			continue
 		}
 		res[c.i].Profile, res[c.i].Applied, res[c.i].Err = decodeApplyReply(ev, reply)
@@ -230,7 +231,7 @@ func decodeApplyReply(ev event.Event, res []any) (*profile.Profile, bool, error)
 func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error) {
 	m, err := s.c.HGetAll(ctx, s.keys(userID)[0]).Result()
 	if err != nil {
-		return nil, fmt.Errorf("get profile of %q: %w", userID, err)
+		return nil, fmt.Errorf("get profile of user %s: %w", ops.UserRef(userID), err)
 	}
 	if len(m) == 0 {
 		return nil, store.ErrNotFound
@@ -241,7 +242,7 @@ func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error
 	}
 	p, err := decodeProfile(userID, fields)
 	if err != nil {
-		return nil, fmt.Errorf("get profile of %q: %w", userID, err)
+		return nil, fmt.Errorf("get profile of user %s: %w", ops.UserRef(userID), err)
 	}
 	return p, nil
 }
@@ -249,7 +250,7 @@ func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error
 // Delete implements store.Store.
 func (s *Store) Delete(ctx context.Context, userID string) error {
 	if err := s.c.Del(ctx, s.keys(userID)...).Err(); err != nil {
-		return fmt.Errorf("delete profile of %q: %w", userID, err)
+		return fmt.Errorf("delete profile of user %s: %w", ops.UserRef(userID), err)
 	}
 	return nil
 }
@@ -402,7 +403,7 @@ func decodeProfile(userID string, kv []any) (*profile.Profile, error) {
 		f, _ := kv[i].(string)
 		v, _ := kv[i+1].(string)
 		if err := decodeField(p, f, v); err != nil {
-			return nil, fmt.Errorf("decode profile %q field %q: %w", userID, f, err)
+			return nil, fmt.Errorf("decode profile of user %s field %q: %w", ops.UserRef(userID), f, err)
 		}
 	}
 	return p, nil
