@@ -41,7 +41,7 @@ func TestBadRulesetUploadsAreRefusedPreciselyAndChangeNothing(t *testing.T) {
 		{"unknown slot segment", "segments:\n  - name: a\n    rule: request.bucket > 5\nslots:\n  - name: hero\n    variants:\n      - when: nope\n        html: x\n", 422, "nope"},
 		{"unknown field", "segments:\n  - name: a\n    rule: request.bucket > 5\n    colour: red\n", 422, "colour"},
 		{"empty", "", 422, "empty"},
-		{"oversized", strings.Repeat("#", 5<<20), 413, "over"},
+		{"oversized", strings.Repeat("#", 5<<20), 422, "the rules file is over 4194304 bytes"},
 	}
 	for _, tt := range tests {
 		code, body := put(tt.body, "")

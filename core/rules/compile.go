@@ -20,6 +20,9 @@ import (
 type Ruleset struct {
 	Module   []byte
 	Manifest Manifest
+	// Modules are the hand-written modules of the file's modules section, in the order of
+	// Manifest.Modules (see AttachModules); nil until attached.
+	Modules [][]byte
 }
 
 // typ is the static type of a compiled expression, and how its value sits on the wasm stack.
@@ -56,6 +59,7 @@ type compiler struct {
 	m          *Manifest
 	segs       []*segState
 	segIdx     map[string]int
+	modSegs    map[string]int // segment computed by a hand-written module → its bit
 	scores     map[string]bool
 	inputs     map[inputKey]int
 	needsBytes []bool
@@ -119,8 +123,18 @@ func Compile(f *File) (*Ruleset, error) {
 	if err := c.triggers(); err != nil {
 		return nil, err
 	}
+	// With hand-written modules the host chooses the slots' variants once every module has
+	// answered (a variant may name a module's segment), so the generated module has none.
+	slots := c.m.Slots
+	if len(f.Modules) > 0 {
+		c.m.Slots = nil
+	}
 	mod, err := c.generate(order)
+	c.m.Slots = slots
 	if err != nil {
+		return nil, err
+	}
+	if err := c.linkModules(); err != nil {
 		return nil, err
 	}
 	return &Ruleset{Module: mod, Manifest: *c.m}, nil
@@ -138,7 +152,7 @@ func analyseFile(f *File, anyScore bool) (*compiler, error) {
 	c := &compiler{
 		file: f, env: env, m: &Manifest{ABIVersion: ABIVersion},
 		segIdx: map[string]int{}, scores: map[string]bool{}, inputs: map[inputKey]int{},
-		constOff: map[string]uint32{}, anyScore: anyScore,
+		constOff: map[string]uint32{}, anyScore: anyScore, modSegs: map[string]int{},
 	}
 	if len(f.Scores) > 0 {
 		c.m.Scores = map[string]ScoreInfo{}
@@ -155,6 +169,23 @@ func analyseFile(f *File, anyScore bool) (*compiler, error) {
 		c.m.Segments = append(c.m.Segments, SegmentInfo{Name: s.Name, Rule: s.Rule, Description: s.Description})
 	}
 	var errs []error
+	bit, owner := len(f.Segments), map[string]string{}
+	for _, md := range f.Modules {
+		for _, name := range md.Segments {
+			if _, ok := c.segIdx[name]; ok {
+				errs = append(errs, fmt.Errorf("%s: segment %q is defined under segments and computed by module %q; keep one", f.where(md.Pos), name, md.Path))
+			} else if o, ok := owner[name]; ok {
+				errs = append(errs, fmt.Errorf("%s: segment %q is computed by modules %q and %q; keep one", f.where(md.Pos), name, o, md.Path))
+			} else {
+				owner[name] = md.Path
+				c.modSegs[name] = bit
+				bit++
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	for _, s := range f.Segments {
 		st := &segState{def: s}
 		c.segs = append(c.segs, st)
@@ -211,7 +242,8 @@ func (c *compiler) triggers() error {
 		seen[t.Name] = true
 		switch t.Kind {
 		case TriggerEnter, TriggerExit:
-			if _, ok := c.segIdx[t.Segment]; !ok {
+			_, isModule := c.modSegs[t.Segment]
+			if _, ok := c.segIdx[t.Segment]; !ok && !isModule {
 				return fmt.Errorf("%s: trigger %s: unknown segment %q; name a segment defined under segments",
 					c.file.where(t.Pos), t.Name, t.Segment)
 			}
@@ -237,6 +269,9 @@ func (c *compiler) slots() error {
 		si := SlotInfo{Name: s.Name}
 		for _, v := range s.Variants {
 			idx, ok := c.segIdx[v.When]
+			if !ok {
+				idx, ok = c.modSegs[v.When]
+			}
 			if !ok {
 				return fmt.Errorf("%s: slot %s: unknown segment %q in when; name a segment defined under segments",
 					c.file.where(v.Pos), s.Name, v.When)
@@ -389,6 +424,9 @@ func (c *compiler) vocab(e ast.Expr) (vocabRef, bool, error) {
 		r.t = tDouble
 	case fnSegment:
 		idx, ok := c.segIdx[lits[0]]
+		if _, isModule := c.modSegs[lits[0]]; !ok && isModule {
+			return r, false, c.errorAt(e, "segment %q is computed by a hand-written module, which runs after the CEL rules, so a rule cannot read it with segment(); use it in a slot's when or a trigger, or compute this rule in the module too", lits[0])
+		}
 		if !ok {
 			return r, false, c.errorAt(e, "unknown segment %q", lits[0])
 		}

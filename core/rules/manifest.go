@@ -36,8 +36,15 @@ type Manifest struct {
 	Inputs     []Input              `json:"inputs"`   // slot i = Inputs[i]
 	Slots      []SlotInfo           `json:"slots,omitempty"`
 	Scores     map[string]ScoreInfo `json:"scores,omitempty"`
-	// InputCap is the input buffer size of the module: 16 + 16·len(Inputs) + StringCap.
+	// InputCap is the input buffer size of the generated module: 16 + 16·n + StringCap, n its
+	// number of inputs.
 	InputCap int `json:"input_cap"`
+	// Modules are the hand-written modules. When there are any, the generated module computes
+	// the first GeneratedSegments segments from the first GeneratedInputs inputs and chooses
+	// no slot variants; the rest belong to the modules (see ModuleInfo).
+	Modules           []ModuleInfo `json:"modules,omitempty"`
+	GeneratedSegments int          `json:"generated_segments,omitempty"`
+	GeneratedInputs   int          `json:"generated_inputs,omitempty"`
 }
 
 // SegmentInfo is one segment of a ruleset.
@@ -50,6 +57,9 @@ type SegmentInfo struct {
 	NeedsRequest bool `json:"needs_request,omitempty"`
 	// DependsOn lists the segments the rule reads with segment().
 	DependsOn []string `json:"depends_on,omitempty"`
+	// Module is the path of the hand-written module that computes the segment (Rule is then
+	// empty); empty for a CEL rule.
+	Module string `json:"module,omitempty"`
 }
 
 // Input is one value slot of the module's input: a profile feature or a request field.
@@ -236,7 +246,7 @@ func (m *Manifest) value(i int, prof FeatureSource, ix IndexedFeatureSource, req
 // an empty profile; a nil req means no request (see SegmentInfo.NeedsRequest).
 func (m *Manifest) EncodeInput(dst []byte, prof FeatureSource, req RequestSource, now time.Time) []byte {
 	start := len(dst)
-	n := len(m.Inputs)
+	n := m.generatedInputs()
 	dst = binary.LittleEndian.AppendUint32(dst, ABIVersion)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(now.UnixMilli()))
@@ -245,7 +255,7 @@ func (m *Manifest) EncodeInput(dst []byte, prof FeatureSource, req RequestSource
 		dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 	}
 	ix, _ := prof.(IndexedFeatureSource)
-	for i := range m.Inputs {
+	for i := range n {
 		v := m.value(i, prof, ix, req, now)
 		s := dst[slots+16*i : slots+16*i+16]
 		var payload uint64
@@ -319,16 +329,29 @@ func (m *Manifest) Fail(r *Result) {
 	}
 }
 
-// DecodeOutput reads a module's output into r (sized by NewResult). With noRequest set,
-// segments that need a request are forced to "not member, error".
+// DecodeOutput reads a generated module's output into r (sized by NewResult). With noRequest
+// set, segments that need a request are forced to "not member, error". With hand-written
+// modules, their segments are left "not member, error" and the slots' variants are chosen from
+// the CEL segments: MergeModuleOutput then adds each module's answer.
 func (m *Manifest) DecodeOutput(out []byte, r *Result, noRequest bool) {
-	w := m.words()
+	gs := m.generatedSegments()
+	w := (gs + 63) / 64
 	for i := range w {
 		r.Member[i] = binary.LittleEndian.Uint64(out[8*i:])
 		r.Error[i] = binary.LittleEndian.Uint64(out[8*(w+i):])
 	}
-	for i := range m.Slots {
-		r.Variants[i] = int32(binary.LittleEndian.Uint32(out[16*w+4*i:]))
+	if len(m.Modules) > 0 {
+		for i := w; i < len(r.Member); i++ {
+			r.Member[i], r.Error[i] = 0, 0
+		}
+		for i := gs; i < len(m.Segments); i++ {
+			r.Error[i/64] |= 1 << (i % 64)
+		}
+		m.chooseVariants(r)
+	} else {
+		for i := range m.Slots {
+			r.Variants[i] = int32(binary.LittleEndian.Uint32(out[16*w+4*i:]))
+		}
 	}
 	if noRequest {
 		m.maskRequest(r)

@@ -52,6 +52,10 @@ func NewReference(m *Manifest) (*Reference, error) {
 	}
 	deps := make([][]int, len(m.Segments))
 	for i, s := range m.Segments {
+		if s.Module != "" {
+			r.progs = append(r.progs, nil) // computed by a hand-written module: not known here
+			continue
+		}
 		checked, iss := env.Compile(s.Rule)
 		if iss != nil && iss.Err() != nil {
 			return nil, fmt.Errorf("rule %s: %w", s.Name, iss.Err())
@@ -161,6 +165,10 @@ func (r *Reference) run(prof FeatureSource, req RequestSource, now time.Time) {
 	}
 	act := refActivation{r}
 	for _, i := range r.order {
+		if r.progs[i] == nil {
+			r.segs[i] = types.NewErr("segment %s is computed by module %s", r.m.Segments[i].Name, r.m.Segments[i].Module)
+			continue
+		}
 		out, _, err := r.progs[i].Eval(act)
 		switch {
 		case err != nil:

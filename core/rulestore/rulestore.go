@@ -1,8 +1,8 @@
 // Package rulestore keeps ruleset versions in JetStream, where the origin writes them and every
 // origin worker and edge watches them.
 //
-// A version is immutable: its source, its compiled module and its manifest live in the object
-// store (bucket <prefix>RULESETS_OBJ), its metadata under "meta.<n>" in the key-value bucket
+// A version is immutable: its source, its compiled module, its manifest and its hand-written
+// modules (if the rules file has any) live in the object store (bucket <prefix>RULESETS_OBJ), its metadata under "meta.<n>" in the key-value bucket
 // <prefix>RULESETS, and the key "current" points at the version in force. Version numbers are
 // handed out through the "latest" key with compare-and-set, so two uploads never get one number,
 // and "current" moves with compare-and-set too, which is what If-Match builds on.
@@ -34,6 +34,22 @@ type Meta struct {
 	Created    time.Time `json:"created"`
 	Size       int       `json:"size"` // bytes of the module
 	Segments   int       `json:"segments"`
+	// Modules are the hand-written modules stored with the version, in the manifest's order.
+	Modules []ModuleMeta `json:"modules,omitempty"`
+}
+
+// ModuleMeta describes one hand-written module of a version.
+type ModuleMeta struct {
+	Path string `json:"path"` // as written in the rules file
+	Hash string `json:"hash"` // sha256 of the bytes, hex
+	Size int    `json:"size"`
+}
+
+// Module is a hand-written module of a version: the path the rules file names it by, and its
+// bytes.
+type Module struct {
+	Path string
+	Data []byte
 }
 
 // Version is a stored version with its contents.
@@ -42,6 +58,16 @@ type Version struct {
 	Source   []byte
 	Module   []byte
 	Manifest []byte
+	Modules  []Module // hand-written modules, in the manifest's order
+}
+
+// ModuleBytes returns the hand-written modules' bytes in order (rules.Ruleset.Modules).
+func (v *Version) ModuleBytes() [][]byte {
+	var out [][]byte
+	for _, m := range v.Modules {
+		out = append(out, m.Data)
+	}
+	return out
 }
 
 // Pointer is the value of the "current" key.
@@ -134,7 +160,13 @@ func (s *Store) Put(ctx context.Context, v Version, ifMatch uint64) (Meta, error
 	if m.Created.IsZero() {
 		m.Created = time.Now().UTC()
 	}
-	for suffix, b := range map[string][]byte{"src": v.Source, "wasm": v.Module, "manifest": v.Manifest} {
+	parts := map[string][]byte{"src": v.Source, "wasm": v.Module, "manifest": v.Manifest}
+	m.Modules = nil
+	for i, mod := range v.Modules {
+		parts[moduleSuffix(i)] = mod.Data
+		m.Modules = append(m.Modules, ModuleMeta{Path: mod.Path, Hash: Hash(mod.Data), Size: len(mod.Data)})
+	}
+	for suffix, b := range parts {
 		if _, err := s.obj.PutBytes(ctx, objName(n, suffix), b); err != nil {
 			return Meta{}, fmt.Errorf("store ruleset %d %s: %w", n, suffix, err)
 		}
@@ -264,6 +296,16 @@ func (s *Store) Get(ctx context.Context, version uint64) (*Version, error) {
 	if Hash(v.Module) != m.Hash {
 		return nil, fmt.Errorf("ruleset %d: %w", version, ErrCorrupt)
 	}
+	for i, mm := range m.Modules {
+		b, err := s.obj.GetBytes(ctx, objName(version, moduleSuffix(i)))
+		if err != nil {
+			return nil, fmt.Errorf("read ruleset %d module %q: %w", version, mm.Path, err)
+		}
+		if Hash(b) != mm.Hash {
+			return nil, fmt.Errorf("ruleset %d module %q: %w", version, mm.Path, ErrCorrupt)
+		}
+		v.Modules = append(v.Modules, Module{Path: mm.Path, Data: b})
+	}
 	return v, nil
 }
 
@@ -329,5 +371,6 @@ func (s *Store) Watch(ctx context.Context) (<-chan Pointer, error) {
 	return out, nil
 }
 
+func moduleSuffix(i int) string            { return "module." + strconv.Itoa(i) + ".wasm" }
 func metaKey(n uint64) string              { return "meta." + strconv.FormatUint(n, 10) }
 func objName(n uint64, part string) string { return "v" + strconv.FormatUint(n, 10) + "." + part }

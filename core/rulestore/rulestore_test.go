@@ -3,6 +3,7 @@ package rulestore
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,5 +134,34 @@ func TestWatchSeesEverySwitch(t *testing.T) {
 	}
 	if p := <-ch; p.Version != 2 {
 		t.Fatalf("next pointer %d, want 2", p.Version)
+	}
+}
+
+// Hand-written modules are stored with the version and checked against their hashes on read.
+func TestModulesStoredAndHashChecked(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	v := version("with modules")
+	v.Modules = []Module{{Path: "a/promo.wasm", Data: []byte("\x00asm promo")}, {Path: "churn.wasm", Data: []byte("\x00asm churn")}}
+	m, err := s.Put(ctx, v, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Modules) != 2 || m.Modules[0].Path != "a/promo.wasm" || m.Modules[1].Hash != Hash([]byte("\x00asm churn")) || m.Modules[1].Size != 10 {
+		t.Fatalf("meta modules %+v", m.Modules)
+	}
+	got, err := s.Get(ctx, m.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Modules) != 2 || string(got.Modules[1].Data) != "\x00asm churn" || got.Modules[0].Path != "a/promo.wasm" || len(got.ModuleBytes()) != 2 {
+		t.Fatalf("Get modules %+v", got.Modules)
+	}
+	// A module whose bytes changed in the object store is refused.
+	if _, err := s.obj.PutBytes(ctx, objName(m.Version, moduleSuffix(1)), []byte("tampered")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, m.Version); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), `module "churn.wasm"`) {
+		t.Fatalf("Get of a tampered module = %v, want ErrCorrupt naming it", err)
 	}
 }

@@ -10,8 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
+	"net/textproto"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,14 +27,17 @@ const usage = `usage: origin rules <command> [flags] [args]
 
   validate FILE          check schema, CEL types and compile to wasm
   test FILE              run the file's tests on cel-go and on the compiled module
-  push FILE              upload to the origin (-m message, -if-match VERSION)
+  push FILE              upload to the origin (-m message, -if-match VERSION), with the
+                         hand-written modules the file lists (paths relative to FILE)
+  dry-run FILE           compile and test at the origin, and count each segment's members
+                         among up to -sample N stored profiles (default 1000)
   list                   list stored versions
   show VERSION           print a version's source
   diff A B               line diff of two versions' sources
   rollback VERSION       make VERSION current again
 
-Flags for commands that talk to an origin: -origin URL (ORIGIN_URL, default http://127.0.0.1:7070)
-and -token TOKEN (SEGEDGE_ADMIN_TOKEN).
+Flags for commands that talk to an origin: -origin URL (ORIGIN_URL, default http://127.0.0.1:7070),
+-token TOKEN (SEGEDGE_ADMIN_TOKEN) and -timeout (default 2m).
 `
 
 // Main runs the rules command and returns the exit code.
@@ -47,10 +53,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	token := fs.String("token", os.Getenv("SEGEDGE_ADMIN_TOKEN"), "admin token")
 	msg := fs.String("m", "", "message stored with the version (push)")
 	ifMatch := fs.String("if-match", "", "push only if this version is current (push, rollback)")
+	sample := fs.Int("sample", 1000, "profiles to evaluate (dry-run)")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the origin (it compiles and tests hand-written modules before it answers)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c := &client{base: strings.TrimRight(*origin, "/"), token: *token, out: stdout}
+	c := &client{base: strings.TrimRight(*origin, "/"), token: *token, out: stdout, timeout: *timeout}
 	var err error
 	switch cmd {
 	case "validate":
@@ -59,6 +67,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = withFile(fs, func(name string, src []byte) error { return validate(stdout, name, src, true) })
 	case "push":
 		err = withFile(fs, func(name string, src []byte) error { return c.push(name, src, *msg, *ifMatch) })
+	case "dry-run":
+		err = withFile(fs, func(name string, src []byte) error { return c.dryRun(name, src, *sample) })
 	case "list":
 		err = c.do("GET", "/v1/rulesets", nil, "", true)
 	case "show":
@@ -112,7 +122,18 @@ func validate(out io.Writer, name string, src []byte, tests bool) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s: %d segments, %d slots, module %d bytes: valid\n", name, len(rs.Manifest.Segments), len(rs.Manifest.Slots), len(rs.Module))
+	mods, err := readModules(name, f)
+	if err != nil {
+		return err
+	}
+	if err := rs.AttachModules(name, mods); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s: %d segments, %d slots, module %d bytes", name, len(rs.Manifest.Segments), len(rs.Manifest.Slots), len(rs.Module))
+	if len(rs.Modules) > 0 {
+		fmt.Fprintf(out, ", %d hand-written module(s)", len(rs.Modules))
+	}
+	fmt.Fprintln(out, ": valid")
 	if !tests {
 		return nil
 	}
@@ -147,14 +168,22 @@ func validate(out io.Writer, name string, src []byte, tests bool) error {
 type client struct {
 	base, token string
 	out         io.Writer
+	timeout     time.Duration
 }
 
 func (c *client) request(method, path string, body []byte, ifMatch string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return c.requestType(method, path, body, "", ifMatch)
+}
+
+func (c *client) requestType(method, path string, body []byte, contentType, ifMatch string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if ifMatch != "" {
@@ -170,7 +199,11 @@ func (c *client) request(method, path string, body []byte, ifMatch string) (int,
 }
 
 func (c *client) do(method, path string, body []byte, ifMatch string, isJSON bool) error {
-	code, b, err := c.request(method, path, body, ifMatch)
+	return c.doType(method, path, body, "", ifMatch)
+}
+
+func (c *client) doType(method, path string, body []byte, contentType, ifMatch string) error {
+	code, b, err := c.requestType(method, path, body, contentType, ifMatch)
 	if err != nil {
 		return err
 	}
@@ -178,16 +211,83 @@ func (c *client) do(method, path string, body []byte, ifMatch string, isJSON boo
 	if code >= 300 {
 		return fmt.Errorf("origin answered %d", code)
 	}
-	_ = isJSON
 	return nil
 }
 
 func (c *client) push(name string, src []byte, msg, ifMatch string) error {
-	path := "/v1/rulesets?file=" + name
+	body, ct, err := uploadBody(name, src)
+	if err != nil {
+		return err
+	}
+	path := "/v1/rulesets?file=" + urlQuery(name)
 	if msg != "" {
 		path += "&message=" + urlQuery(msg)
 	}
-	return c.do("PUT", path, src, ifMatch, true)
+	return c.doType("PUT", path, body, ct, ifMatch)
+}
+
+func (c *client) dryRun(name string, src []byte, sample int) error {
+	body, ct, err := uploadBody(name, src)
+	if err != nil {
+		return err
+	}
+	return c.doType("POST", fmt.Sprintf("/v1/rulesets/dry-run?file=%s&sample=%d", urlQuery(name), sample), body, ct, "")
+}
+
+// readModules reads the hand-written modules a rules file lists, relative to the file's
+// directory (absolute paths as they are), keyed by the path as written.
+func readModules(name string, f *rules.File) (map[string][]byte, error) {
+	mods := map[string][]byte{}
+	for _, md := range f.Modules {
+		p := md.Path
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(filepath.Dir(name), filepath.FromSlash(p))
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d:%d: module %q: %w", name, md.Pos.Line, md.Pos.Col, md.Path, err)
+		}
+		mods[md.Path] = b
+	}
+	return mods, nil
+}
+
+// uploadBody is the rules file as the body, or, when it lists hand-written modules, a
+// multipart/form-data body: part "rules" (filename: FILE as given) and one part "module"
+// per module (filename: its path as the rules file writes it), as PUT /v1/rulesets reads it.
+func uploadBody(name string, src []byte) ([]byte, string, error) {
+	f, err := rules.Parse(name, src)
+	if err != nil || len(f.Modules) == 0 {
+		return src, "application/yaml", nil // the origin reports parse errors with positions
+	}
+	mods, err := readModules(name, f)
+	if err != nil {
+		return nil, "", err
+	}
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	part := func(field, filename string, b []byte) error {
+		h := textproto.MIMEHeader{}
+		h.Set("Content-Disposition", fmt.Sprintf(`form-data; name=%q; filename=%q`, field, filename))
+		h.Set("Content-Type", "application/octet-stream")
+		w, err := mw.CreatePart(h)
+		if err == nil {
+			_, err = w.Write(b)
+		}
+		return err
+	}
+	if err := part("rules", name, src); err != nil {
+		return nil, "", err
+	}
+	for _, md := range f.Modules {
+		if err := part("module", md.Path, mods[md.Path]); err != nil {
+			return nil, "", err
+		}
+	}
+	if err := mw.Close(); err != nil {
+		return nil, "", err
+	}
+	return buf.Bytes(), mw.FormDataContentType(), nil
 }
 
 func urlQuery(s string) string {

@@ -47,3 +47,30 @@ func TestLineDiff(t *testing.T) {
 		t.Fatalf("diff = %q, want %q", got, want)
 	}
 }
+
+// `rules test` runs a file with a hand-written module, read relative to the file; a missing
+// module file is an error with the module's position.
+func TestTestWithHandWrittenModule(t *testing.T) {
+	src, err := os.ReadFile("../../wasm/ruleset/testdata/modules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := os.ReadFile("../../wasm/ruleset/testdata/promo.wasm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "rules.yaml")
+	os.WriteFile(p, src, 0o644)
+	var out, errb bytes.Buffer
+	if code := Main([]string{"test", p}, &out, &errb); code != 1 || !strings.Contains(errb.String(), `rules.yaml:5:5: module "pathpromo.wasm"`) {
+		t.Fatalf("without the module file: exit %d: %s %s", code, out.String(), errb.String())
+	}
+	os.WriteFile(filepath.Join(dir, "pathpromo.wasm"), mod, 0o644)
+	out.Reset()
+	errb.Reset()
+	if code := Main([]string{"test", p}, &out, &errb); code != 0 || !strings.Contains(out.String(), "1 hand-written module(s): valid") ||
+		!strings.Contains(out.String(), "PASS 4 tests on the compiled module") {
+		t.Fatalf("exit %d: %s %s", code, out.String(), errb.String())
+	}
+}

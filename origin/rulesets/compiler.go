@@ -10,6 +10,7 @@ import (
 
 	"github.com/segedge/segedge/core/profile"
 	"github.com/segedge/segedge/core/rules"
+	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/wasm"
 	"github.com/segedge/segedge/wasm/ruleset"
 )
@@ -19,9 +20,11 @@ type WasmCompiler struct {
 	RT *wasm.Runtime
 }
 
-// Compile implements Compiler: parse, type-check, compile to wasm, and run the file's tests on
-// both the reference evaluator (cel-go) and the compiled module in the sandbox.
-func (c *WasmCompiler) Compile(ctx context.Context, name string, src []byte) (*Compiled, []Problem) {
+// Compile implements Compiler: parse, type-check, compile to wasm, link the hand-written
+// modules the file lists (modules: path → bytes as uploaded), and run the file's tests on both
+// the reference evaluator (cel-go; expectations on CEL segments) and the whole ruleset in the
+// sandbox (every expectation; hand-written modules validated and run untrusted).
+func (c *WasmCompiler) Compile(ctx context.Context, name string, src []byte, modules map[string][]byte) (*Compiled, []Problem) {
 	f, err := rules.Parse(name, src)
 	if err != nil {
 		return nil, problems(err)
@@ -30,12 +33,15 @@ func (c *WasmCompiler) Compile(ctx context.Context, name string, src []byte) (*C
 	if err != nil {
 		return nil, problems(err)
 	}
+	if err := rs.AttachModules(name, modules); err != nil {
+		return nil, problems(err)
+	}
 	if err := rules.RunTests(f, rs); err != nil {
 		return nil, problems(fmt.Errorf("tests (reference evaluator): %w", err))
 	}
 	ev, err := ruleset.Load(ctx, c.RT, name, rs)
 	if err != nil {
-		return nil, problems(fmt.Errorf("load compiled module: %w", err))
+		return nil, problems(moduleProblem(f, err))
 	}
 	defer ev.Close()
 	if err := ev.RunTests(ctx, f); err != nil {
@@ -46,10 +52,26 @@ func (c *WasmCompiler) Compile(ctx context.Context, name string, src []byte) (*C
 		return nil, problems(err)
 	}
 	out := &Compiled{Module: rs.Module, Manifest: man, Tests: fmt.Sprintf("%d tests passed on cel-go and on the compiled module", len(f.Tests))}
+	if len(rs.Modules) > 0 {
+		out.Tests = fmt.Sprintf("%d tests passed on cel-go (CEL segments) and on the compiled ruleset with %d hand-written module(s)", len(f.Tests), len(rs.Modules))
+	}
+	for i, mi := range rs.Manifest.Modules {
+		out.Modules = append(out.Modules, rulestore.Module{Path: mi.Path, Data: rs.Modules[i]})
+	}
 	for _, s := range rs.Manifest.Segments {
 		out.Segments = append(out.Segments, s.Name)
 	}
 	return out, nil
+}
+
+// moduleProblem puts the rules file position of a module in front of its load error.
+func moduleProblem(f *rules.File, err error) error {
+	for _, md := range f.Modules {
+		if strings.HasPrefix(err.Error(), fmt.Sprintf("module %q:", md.Path)) {
+			return fmt.Errorf("%s:%d:%d: %w", f.Name, md.Pos.Line, md.Pos.Col, err)
+		}
+	}
+	return fmt.Errorf("load compiled module: %w", err)
 }
 
 // problems turns a (possibly joined, multi-line) error into one Problem per line.
@@ -64,22 +86,51 @@ func problems(err error) []Problem {
 }
 
 // Load implements Compiler.
-func (c *WasmCompiler) Load(ctx context.Context, version uint64, module, manifest []byte) (Loaded, error) {
-	return LoadVersion(ctx, c.RT, version, module, manifest)
+func (c *WasmCompiler) Load(ctx context.Context, v *rulestore.Version) (Loaded, error) {
+	return LoadVersion(ctx, c.RT, v)
 }
 
-// Sample implements Compiler; dry runs report compile and test results only.
-func (c *WasmCompiler) Sample(context.Context, *Compiled, []string) (map[string]int, error) {
-	return nil, nil
+// Sample implements Compiler: it loads the candidate into the sandbox and evaluates it, with no
+// request (as the origin does), on each profile.
+func (c *WasmCompiler) Sample(ctx context.Context, cand *Compiled, profiles []*profile.Profile) (*SampleResult, error) {
+	v, err := LoadVersion(ctx, c.RT, &rulestore.Version{Module: cand.Module, Manifest: cand.Manifest, Modules: cand.Modules})
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	out := &SampleResult{Size: len(profiles), Counts: map[string]int{}}
+	for _, s := range v.man.Segments {
+		if s.NeedsRequest {
+			out.NeedsRequest = append(out.NeedsRequest, s.Name)
+		} else {
+			out.Counts[s.Name] = 0
+		}
+	}
+	res := v.man.NewResult()
+	now := time.Now()
+	for _, p := range profiles {
+		if err := v.ev.Evaluate(ctx, p, nil, now, res); err != nil {
+			out.Errors++
+			continue
+		}
+		for i, s := range v.man.Segments {
+			if !s.NeedsRequest && res.IsMember(i) {
+				out.Counts[s.Name]++
+			}
+		}
+	}
+	return out, nil
 }
 
-// LoadVersion loads a stored version into the sandbox.
-func LoadVersion(ctx context.Context, rt *wasm.Runtime, version uint64, module, manifest []byte) (*Version, error) {
+// LoadVersion loads a stored version (its generated module, manifest and hand-written modules)
+// into the sandbox.
+func LoadVersion(ctx context.Context, rt *wasm.Runtime, sv *rulestore.Version) (*Version, error) {
+	version := sv.Meta.Version
 	var m rules.Manifest
-	if err := json.Unmarshal(manifest, &m); err != nil {
+	if err := json.Unmarshal(sv.Manifest, &m); err != nil {
 		return nil, fmt.Errorf("ruleset %d manifest: %w", version, err)
 	}
-	ev, err := ruleset.Load(ctx, rt, fmt.Sprintf("ruleset-v%d", version), &rules.Ruleset{Module: module, Manifest: m})
+	ev, err := ruleset.Load(ctx, rt, fmt.Sprintf("ruleset-v%d", version), &rules.Ruleset{Module: sv.Module, Manifest: m, Modules: sv.ModuleBytes()})
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +147,7 @@ func LoadVersion(ctx context.Context, rt *wasm.Runtime, version uint64, module, 
 	// Edges evaluate the whole ruleset per request (slots choose among every segment, and
 	// request-scoped rules may read profile features), so deltas carry every feature the ruleset
 	// reads, whether or not some rule needs the request: without them an edge would see every
-	// profile segment as "not a member" on a ruleset with no request-scoped rule.
+	// profile segment as "not a member".
 	v.edgeFeatures = m.Features()
 	v.results.New = func() any { return v.man.NewResult() }
 	return v, nil

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,17 +23,35 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/core/rulestore"
 	"github.com/segedge/segedge/origin/engine"
+	"github.com/segedge/segedge/wasm"
 )
 
 // MaxSourceBytes caps an uploaded rules file.
-const MaxSourceBytes = 4 << 20
+const MaxSourceBytes = rules.MaxFileBytes
+
+// MaxModuleBytes caps one uploaded hand-written module (the sandbox's default cap; a Go guest
+// is ~2 MiB).
+const MaxModuleBytes = wasm.DefaultMaxModuleBytes
+
+// MaxUploadBytes caps a whole multipart upload: the rules file and two modules at their caps.
+const MaxUploadBytes = MaxSourceBytes + 2*MaxModuleBytes + 64<<10
+
+// Dry-run sampling: how many stored profiles POST /v1/rulesets/dry-run evaluates by default
+// (?sample=N), and at most.
+const (
+	DefaultSample = 1000
+	MaxSample     = 10000
+)
 
 // Compiled is the result of compiling and testing a rules file.
 type Compiled struct {
 	Module   []byte
 	Manifest []byte
+	Modules  []rulestore.Module // hand-written modules, in the manifest's order
 	Segments []string
 	// Tests is a human-readable report of the file's tests (all passed, or Compile failed).
 	Tests string
@@ -54,13 +74,29 @@ type Loaded interface {
 
 // Compiler is what the rule compiler offers this package.
 type Compiler interface {
-	// Compile validates, compiles and tests a rules file; problems are returned with positions.
-	Compile(ctx context.Context, name string, src []byte) (*Compiled, []Problem)
-	// Load loads a stored version's module and manifest.
-	Load(ctx context.Context, version uint64, module, manifest []byte) (Loaded, error)
-	// Sample evaluates a compiled upload against a stored profile sample for dry runs: how many
-	// of the sampled users each segment would hold. It may return nil when unsupported.
-	Sample(ctx context.Context, c *Compiled, users []string) (map[string]int, error)
+	// Compile validates, compiles and tests a rules file with the hand-written modules it lists
+	// (path as written in the file → bytes); problems are returned with positions.
+	Compile(ctx context.Context, name string, src []byte, modules map[string][]byte) (*Compiled, []Problem)
+	// Load loads a stored version: its module, manifest and hand-written modules.
+	Load(ctx context.Context, v *rulestore.Version) (Loaded, error)
+	// Sample evaluates a compiled upload on sampled profiles for dry runs (no request, as the
+	// origin evaluates): how many of them each segment would hold.
+	Sample(ctx context.Context, c *Compiled, profiles []*profile.Profile) (*SampleResult, error)
+}
+
+// SampleResult is what a dry run reports about sampled profiles.
+type SampleResult struct {
+	Size   int            `json:"size"`   // profiles evaluated
+	Counts map[string]int `json:"counts"` // segment → members among them (segments that need no request)
+	// NeedsRequest lists the segments that read the request: they are decided at the edge, per
+	// request, so a profile alone does not say whether the user is a member.
+	NeedsRequest []string `json:"needs_request,omitempty"`
+	Errors       int      `json:"errors,omitempty"` // evaluations that failed as a whole
+}
+
+// Sampler gives a bounded sample of stored profiles (origin/store.Store implements it).
+type Sampler interface {
+	Sample(ctx context.Context, n int) ([]*profile.Profile, error)
 }
 
 // Manager serves the API and keeps the active version.
@@ -69,6 +105,7 @@ type Manager struct {
 	compiler Compiler
 	log      *slog.Logger
 	onSwap   func(l Loaded, source []byte)
+	sampler  Sampler
 
 	mu     sync.Mutex
 	active Loaded
@@ -92,6 +129,9 @@ func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg promet
 	reg.MustRegister(m.swaps, m.version, m.swapLat)
 	return m
 }
+
+// SampleFrom makes dry runs evaluate the candidate on profiles sampled from s.
+func (m *Manager) SampleFrom(s Sampler) { m.sampler = s }
 
 // Active returns the version in force, or nil.
 func (m *Manager) Active() Loaded {
@@ -131,7 +171,7 @@ func (m *Manager) load(ctx context.Context, version uint64) error {
 	if err != nil {
 		return err
 	}
-	l, err := m.compiler.Load(ctx, version, v.Module, v.Manifest)
+	l, err := m.compiler.Load(ctx, v)
 	if err != nil {
 		return fmt.Errorf("load ruleset %d: %w", version, err)
 	}
@@ -171,25 +211,128 @@ func ifMatch(r *http.Request) (uint64, error) {
 	return n, nil
 }
 
-func readSource(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	src, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxSourceBytes))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]any{"error": fmt.Sprintf("rules file over %d bytes", MaxSourceBytes)})
-		return nil, false
-	}
-	if len(src) == 0 {
-		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "empty rules file", "problems": []Problem{{Message: "the body must be the rules file (YAML or JSON)"}}})
-		return nil, false
-	}
-	return src, true
+// upload is a rules file and the hand-written modules sent with it.
+type upload struct {
+	name    string // the rules file's name in error messages
+	src     []byte
+	modules map[string][]byte // path as written in the rules file → bytes
 }
 
-func (m *Manager) compile(w http.ResponseWriter, r *http.Request, src []byte) (*Compiled, bool) {
-	name := r.URL.Query().Get("file")
-	if name == "" {
-		name = "rules.yaml"
+func reject(w http.ResponseWriter, msg string, ps ...Problem) {
+	if len(ps) == 0 {
+		ps = []Problem{{Message: msg}}
 	}
-	c, problems := m.compiler.Compile(r.Context(), name, src)
+	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "ruleset rejected; the current version is unchanged: " + msg, "problems": ps})
+}
+
+// readUpload reads the body: the rules file itself (YAML or JSON), or multipart/form-data with
+// a part named "rules" (the file; its filename names it in errors) and one part named "module"
+// per hand-written module, whose filename is the module's path as the rules file writes it.
+// Every bad upload, an oversized one included, is a 422 that says what is wrong.
+func readUpload(w http.ResponseWriter, r *http.Request) (*upload, bool) {
+	up := &upload{name: r.URL.Query().Get("file"), modules: map[string][]byte{}}
+	if up.name == "" {
+		up.name = "rules.yaml"
+	}
+	ct, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct != "multipart/form-data" {
+		src, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxSourceBytes))
+		if err != nil {
+			reject(w, fmt.Sprintf("the rules file is over %d bytes; the limit is %d (split it, or move long HTML into fragments)", MaxSourceBytes, MaxSourceBytes))
+			return nil, false
+		}
+		up.src = src
+	} else {
+		mr := multipart.NewReader(http.MaxBytesReader(w, r.Body, MaxUploadBytes), params["boundary"])
+		if !up.readParts(w, mr) {
+			return nil, false
+		}
+	}
+	if len(up.src) == 0 {
+		reject(w, "empty rules file", Problem{Message: "the body must be the rules file (YAML or JSON), or a multipart upload with a part named rules"})
+		return nil, false
+	}
+	return up, true
+}
+
+func (up *upload) readParts(w http.ResponseWriter, mr *multipart.Reader) bool {
+	haveRules := false
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			reject(w, fmt.Sprintf("unreadable multipart upload (at most %d bytes in all): %v", MaxUploadBytes, err))
+			return false
+		}
+		// The raw filename parameter: Part.FileName keeps only the last path element, and a
+		// module is named by its path as the rules file writes it.
+		_, params, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+		fname := params["filename"]
+		switch p.FormName() {
+		case "rules":
+			if haveRules {
+				reject(w, "two parts named rules; send one rules file")
+				return false
+			}
+			haveRules = true
+			if fname != "" {
+				up.name = fname
+			}
+			if up.src, err = readPart(p, MaxSourceBytes); err != nil {
+				reject(w, fmt.Sprintf("the rules file: %v", err))
+				return false
+			}
+		case "module":
+			if fname == "" {
+				reject(w, `a part named module has no filename; set it to the module's path as the rules file writes it`)
+				return false
+			}
+			if _, dup := up.modules[fname]; dup {
+				reject(w, fmt.Sprintf("module %q uploaded twice", fname))
+				return false
+			}
+			if len(up.modules) >= rules.MaxModules {
+				reject(w, fmt.Sprintf("more than %d modules uploaded", rules.MaxModules))
+				return false
+			}
+			b, err := readPart(p, MaxModuleBytes)
+			if err != nil {
+				reject(w, fmt.Sprintf("module %q: %v", fname, err))
+				return false
+			}
+			up.modules[fname] = b
+		default:
+			reject(w, fmt.Sprintf("unknown part %q; send a part named rules and one named module per hand-written module", p.FormName()))
+			return false
+		}
+	}
+	if !haveRules {
+		reject(w, "no part named rules in the multipart upload")
+		return false
+	}
+	return true
+}
+
+// readPart reads a part of at most limit bytes.
+func readPart(p *multipart.Part, limit int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(p, int64(limit)+1))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, fmt.Errorf("the upload is over %d bytes in all", MaxUploadBytes)
+		}
+		return nil, err
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("over %d bytes; the limit is %d", limit, limit)
+	}
+	return b, nil
+}
+
+func (m *Manager) compile(w http.ResponseWriter, r *http.Request, up *upload) (*Compiled, bool) {
+	c, problems := m.compiler.Compile(r.Context(), up.name, up.src, up.modules)
 	if len(problems) > 0 {
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "ruleset rejected; the current version is unchanged", "problems": problems})
 		return nil, false
@@ -204,16 +347,16 @@ func (m *Manager) put(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
 		return
 	}
-	src, ok := readSource(w, r)
+	up, ok := readUpload(w, r)
 	if !ok {
 		return
 	}
-	c, ok := m.compile(w, r, src)
+	c, ok := m.compile(w, r, up)
 	if !ok {
 		return
 	}
 	meta, err := m.store.Put(r.Context(), rulestore.Version{
-		Source: src, Module: c.Module, Manifest: c.Manifest,
+		Source: up.src, Module: c.Module, Manifest: c.Manifest, Modules: c.Modules,
 		Meta: rulestore.Meta{Author: r.Header.Get("X-Segedge-Author"), Message: r.URL.Query().Get("message"), Segments: len(c.Segments)},
 	}, match)
 	if errors.Is(err, rulestore.ErrStale) {
@@ -300,22 +443,38 @@ func (m *Manager) activate(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// dryRun is POST /v1/rulesets/dry-run: compile and test only, and evaluate the candidate on up
+// to ?sample=N stored profiles (default DefaultSample, at most MaxSample, 0 for none).
 func (m *Manager) dryRun(w http.ResponseWriter, r *http.Request) {
-	src, ok := readSource(w, r)
+	n := DefaultSample
+	if q := r.URL.Query().Get("sample"); q != "" {
+		v, err := strconv.Atoi(q)
+		if err != nil || v < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"error": fmt.Sprintf("sample %q: want a number of profiles, 0 to %d", q, MaxSample)})
+			return
+		}
+		n = min(v, MaxSample)
+	}
+	up, ok := readUpload(w, r)
 	if !ok {
 		return
 	}
-	c, ok := m.compile(w, r, src)
+	c, ok := m.compile(w, r, up)
 	if !ok {
 		return
 	}
 	ans := map[string]any{"ok": true, "segments": c.Segments, "tests": c.Tests}
-	if users := r.URL.Query().Get("sample"); users != "" {
-		counts, err := m.compiler.Sample(r.Context(), c, strings.Split(users, ","))
+	if n > 0 && m.sampler != nil {
+		profiles, err := m.sampler.Sample(r.Context(), n)
+		var res *SampleResult
+		if err == nil {
+			res, err = m.compiler.Sample(r.Context(), c, profiles)
+		}
 		if err != nil {
+			m.log.Warn("dry run: sampling failed", "err", err)
 			ans["sample_error"] = err.Error()
-		} else if counts != nil {
-			ans["sample"] = counts
+		} else {
+			ans["sample"] = res
 		}
 	}
 	writeJSON(w, http.StatusOK, ans)

@@ -39,6 +39,9 @@ type Store interface {
 	// continue with the returned cursor until it is "" again. count is a hint. Every profile that
 	// exists for the whole scan is returned at least once; one may be returned twice.
 	Scan(ctx context.Context, cursor string, count int) (userIDs []string, next string, err error)
+	// Sample returns up to n live profiles, for dry runs of a new ruleset: a bounded scan (not a
+	// uniformly random sample), never more than n profiles. The profiles are read-only.
+	Sample(ctx context.Context, n int) ([]*profile.Profile, error)
 	// Close releases the store's resources.
 	Close() error
 }
