@@ -57,7 +57,7 @@ func (e *edge) loadRuleset(ctx context.Context, store *rulestore.Store, version 
 	if err := json.Unmarshal(v.Manifest, &m); err != nil {
 		return nil, fmt.Errorf("ruleset %d manifest: %w", version, err)
 	}
-	ev, err := wruleset.Load(ctx, e.rt, fmt.Sprintf("ruleset-v%d", version), &rules.Ruleset{Module: v.Module, Manifest: m})
+	ev, err := wruleset.Load(ctx, e.rt, fmt.Sprintf("ruleset-v%d", version), &rules.Ruleset{Module: v.Module, Manifest: m, Modules: v.ModuleBytes()})
 	if err != nil {
 		return nil, err
 	}

@@ -160,6 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	})
 	s.rulesets = mgr
+	mgr.SampleFrom(st.profiles) // dry runs count segment members among sampled profiles
 	// Load the current version before consuming events, so no event is evaluated without it.
 	if cur, err := rstore.Current(ctx); err == nil {
 		if err := mgr.LoadNow(ctx, cur.Version); err != nil {
