@@ -177,6 +177,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		NoDefaultContentType:          true,
 		NoDefaultDate:                 true,
 		StreamRequestBody:             true,
+		KeepHijackedConns:             true, // segment streams (user.go, ws.go) own and close their hijacked sockets
 		Logger:                        fasthttpLogger{log},
 	}
 	opsMux := http.NewServeMux()
@@ -359,6 +360,8 @@ func (e *edge) userRoute(ctx *fasthttp.RequestCtx, path []byte) {
 		e.streamSegments(ctx)
 	case "/user/explain":
 		e.explain.serve(e, ctx)
+	case "/user/segments/ws":
+		e.streamSegmentsWS(ctx)
 	default:
 		if name, ok := strings.CutPrefix(string(path), "/user/slots/"); ok && name != "" {
 			e.getSlot(ctx, name)

@@ -1,9 +1,10 @@
 package server
 
 import (
-	"bufio"
 	"encoding/json"
+	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -137,68 +138,134 @@ func (e *edge) getSegments(ctx *fasthttp.RequestCtx) {
 
 // streamSegments is GET /user/segments/stream: Server-Sent Events with the user's segments now
 // (unless Last-Event-ID says the client already has this version) and at every change.
+//
+// A stream holds a socket for hours, so it is kept cheap: the connection is hijacked from
+// fasthttp once the request is read, and one goroutine writes the chunked response straight to
+// the socket with a buffer borrowed only while a message is written. fasthttp's per-connection
+// read and write buffers, its request context and its stream-writer pipe and goroutine are all
+// given back (that is what KeepHijackedConns in server.go is for). The client's departure is
+// noticed when a heartbeat cannot be written.
 func (e *edge) streamSegments(ctx *fasthttp.RequestCtx) {
 	v := e.identify(ctx)
 	user := string(v.id)
-	sub, err := e.push.Subscribe(user)
-	if err != nil {
-		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-		ctx.Response.Header.Set("Retry-After", "5")
-		ctx.SetBodyString("too many open streams\n")
+	if err := e.push.Check(user); err != nil {
+		tooManyStreams(ctx)
 		return
 	}
-	var ent *replica.Entry
-	if !v.new {
-		ent = e.replica.Lookup(ctx, user)
+	known := !v.new
+	if known {
+		e.replica.Lookup(ctx, user) // a replica miss is fetched from the origin now, not after the hijack
 	}
-	first, version := e.answer(ent)
-	last, _ := strconv.ParseUint(string(ctx.Request.Header.Peek("Last-Event-ID")), 10, 64)
+	last := lastEventID(ctx)
 	h := &ctx.Response.Header
 	h.SetContentType("text/event-stream")
 	h.Set("Cache-Control", "private, no-store")
 	h.Set("X-Accel-Buffering", "no")
-	heartbeat := e.cfg.StreamHeartbeat
-	done := e.done
-	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer sub.Close()
-		write := func(id uint64, data []byte) bool {
-			w.WriteString("id: ")
-			w.WriteString(strconv.FormatUint(id, 10))
-			w.WriteString("\nevent: segments\ndata: ")
-			w.Write(data)
-			w.WriteString("\n\n")
-			return w.Flush() == nil
+	if ctx.IsHead() {
+		return
+	}
+	h.SetContentLength(-1) // chunked
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+			c = u.UnsafeConn() // the socket itself, so fasthttp's buffered reader can go
 		}
-		w.WriteString("retry: 2000\n\n")
-		if last == 0 || version > last {
-			if !write(version, first) {
-				return
-			}
-		} else if w.Flush() != nil {
+		// Subscribed first, then read: a change in between is in the subscription as well.
+		sub, err := e.push.Subscribe(user) // the authority on the limits (Check above may have raced)
+		if err != nil {
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = c.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\ntoo many open streams\n"))
+			c.Close()
 			return
 		}
-		t := time.NewTicker(heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case m := <-sub.C():
-				if m.ID != 0 && m.ID <= last {
-					continue
-				}
-				last = m.ID
-				if !write(m.ID, m.Data) {
-					return
-				}
-			case <-t.C:
-				w.WriteString(": heartbeat\n\n")
-				if w.Flush() != nil {
-					return
-				}
-			case <-done:
+		var ent *replica.Entry
+		if known {
+			ent, _ = e.replica.Get(user)
+		}
+		first, version := e.answer(ent)
+		s := &sseConn{c: c, last: last}
+		head := append([]byte(nil), ctx.Response.Header.Header()...) // ctx is recycled when this returns
+		go e.runSSE(s, sub, head, first, version)
+	})
+}
+
+// sseWriteWait bounds one write to a stream: a client that does not read for that long is dropped.
+const sseWriteWait = 10 * time.Second
+
+// sseBufs lends the buffers messages are framed in, so an idle stream holds none.
+var sseBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+type sseConn struct {
+	c    net.Conn
+	last uint64 // the id last sent (or that the client said it has)
+}
+
+// send writes, as one HTTP chunk, pre (the response head, the first time) and then either the
+// event (id, data) or, when data is nil, the comment text.
+func (s *sseConn) send(pre []byte, id uint64, data []byte, text string) bool {
+	bp := sseBufs.Get().(*[]byte)
+	defer sseBufs.Put(bp)
+	b := append((*bp)[:0], pre...)
+	var body [64]byte
+	p := body[:0]
+	if data != nil {
+		p = append(p, "id: "...)
+		p = strconv.AppendUint(p, id, 10)
+		p = append(p, "\nevent: segments\ndata: "...)
+	} else {
+		p = append(p, text...)
+	}
+	n := len(p)
+	if data != nil {
+		n += len(data) + 2
+	}
+	b = strconv.AppendInt(b, int64(n), 16)
+	b = append(b, "\r\n"...)
+	b = append(b, p...)
+	if data != nil {
+		b = append(b, data...)
+		b = append(b, "\n\n"...)
+	}
+	b = append(b, "\r\n"...)
+	*bp = b
+	_ = s.c.SetWriteDeadline(time.Now().Add(sseWriteWait))
+	_, err := s.c.Write(b)
+	return err == nil
+}
+
+func (e *edge) runSSE(s *sseConn, sub *push.Sub, head, first []byte, version uint64) {
+	defer s.c.Close()
+	defer sub.Close()
+	if !s.send(head, 0, nil, "retry: 2000\n\n") {
+		return
+	}
+	if id, ok := sendFirst(s.last, version); ok {
+		if !s.send(nil, version, first, "") {
+			return
+		}
+		s.last = id
+	}
+	t := time.NewTicker(e.cfg.StreamHeartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case m := <-sub.C():
+			if !newer(m, &s.last) {
+				continue
+			}
+			if !s.send(nil, m.ID, m.Data, "") {
 				return
 			}
+		case <-t.C:
+			if !s.send(nil, 0, nil, ": heartbeat\n\n") {
+				return
+			}
+		case <-e.done:
+			_ = s.c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = s.c.Write([]byte("0\r\n\r\n")) // the end of the chunked body: the client reconnects
+			return
 		}
-	})
+	}
 }
 
 // onReplicaChange pushes a user's new state to their open streams.
