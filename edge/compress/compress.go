@@ -209,7 +209,8 @@ type Key struct {
 // DefaultMaxBytes bounds the compressed bodies kept when Config.MaxBytes is zero.
 const DefaultMaxBytes = 64 << 20
 
-// Cache keeps compressed bodies, bounded by bytes (otter's W-TinyLFU evicts the least useful).
+// Cache keeps compressed bodies, and the rendered identity bytes of personalized pages per variant
+// combination, bounded by bytes (otter's W-TinyLFU evicts the least useful).
 // Entries are immutable byte slices: a hit is served without copying.
 type Cache struct {
 	store *otter.Cache[Key, []byte]
@@ -239,7 +240,7 @@ func New(maxBytes uint64, reg prometheus.Registerer) (*Cache, error) {
 	c.m.hits = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_compress_cache_hits_total",
 		Help: "Compressed responses served from the compressed-body cache."})
 	c.m.misses = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_compress_cache_misses_total",
-		Help: "Compressed responses that had to be compressed first."})
+		Help: "Compressed responses (and identity copies of personalized pages) that had to be made first."})
 	c.m.compressed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_edge_compressions_total",
 		Help: "Bodies compressed, by coding."}, []string{"encoding"})
 	c.m.in = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_compress_input_bytes_total",
@@ -266,10 +267,14 @@ func (c *Cache) Get(k Key) ([]byte, bool) {
 }
 
 // Compress compresses src with k.Enc, stores the result under k (when k.Entry is not 0, i.e. the
-// body belongs to a stored entry) and returns it. The result must not be modified.
+// body belongs to a stored entry) and returns it. The result must not be modified. With k.Enc
+// Identity, src itself is kept (a personalized page's rendered bytes): the caller gives it up.
 func (c *Cache) Compress(k Key, src []byte) []byte {
 	c.m.misses.Inc()
-	out := Append(make([]byte, 0, len(src)/3+64), k.Enc, src)
+	out := src
+	if k.Enc != Identity {
+		out = Append(make([]byte, 0, len(src)/3+64), k.Enc, src)
+	}
 	c.m.compressed.WithLabelValues(k.Enc.String()).Inc()
 	c.m.in.Add(float64(len(src)))
 	c.m.out.Add(float64(len(out)))

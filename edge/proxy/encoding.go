@@ -66,9 +66,13 @@ func (p *Proxy) Coding(ctx *fasthttp.RequestCtx, e *httpcache.Entry) compress.En
 	return enc
 }
 
+// Compressing says whether the proxy keeps compressed (and personalized) bodies: Config.Compress is set.
+func (p *Proxy) Compressing() bool { return p.cfg.Compress != nil }
+
 // Compressed returns the body of entry e's variant compressed with enc, from the compressed-body
 // cache, or made from identity() on a miss and stored. variant is 0 for e's own body; a
-// personalized page passes what identifies its output among e's variants.
+// personalized page passes what identifies its output among e's variants (and may ask for
+// enc Identity: its rendered bytes are kept as they are).
 func (p *Proxy) Compressed(e *httpcache.Entry, variant uint64, enc compress.Encoding, identity func() []byte) []byte {
 	k := compress.Key{Entry: e.ID, Variant: variant, Enc: enc}
 	if b, ok := p.cfg.Compress.Get(k); ok {

@@ -224,9 +224,11 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 	rh.Set("Vary", e.trusted.vary)
 	rh.Set("Segedge-Ruleset", strconv.FormatUint(rs.version, 10))
 	rh.Set("ETag", `"`+strconv.FormatUint(h^uint64(len(en.ETag)), 36)+"-"+strconv.FormatUint(rs.version, 10)+`"`)
-	if enc := e.proxy.Coding(ctx, en); enc != compress.Identity {
-		// One compressed copy per variant combination of this page and ruleset: the splice and
-		// the compression happen once, later visitors with the same combination get the bytes.
+	if e.proxy.Compressing() {
+		// One copy per variant combination of this page and ruleset, and per coding: the splice
+		// (and the compression) happen once; later visitors with the same combination get the
+		// stored bytes without a copy, as from a cached page.
+		enc := e.proxy.Coding(ctx, en)
 		for _, b := range [...]uint64{rs.version, vset.gen} {
 			for ; b > 0; b >>= 8 {
 				mix(byte(b))
@@ -241,7 +243,11 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 			e.spliceDur.Observe(time.Since(t1).Seconds())
 			return buf.Bytes()
 		})
-		proxy.SetEncoded(&ctx.Response, enc, body)
+		if enc == compress.Identity {
+			ctx.Response.SetBodyRaw(body)
+		} else {
+			proxy.SetEncoded(&ctx.Response, enc, body)
+		}
 	} else {
 		t1 := time.Now()
 		ctx.Response.ResetBody()
