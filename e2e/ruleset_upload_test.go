@@ -13,6 +13,9 @@ func TestBadRulesetUploadsAreRefusedPreciselyAndChangeNothing(t *testing.T) {
 	put := func(body, ifMatch string) (int, string) {
 		req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer admin-secret")
+		if strings.HasPrefix(body, "--b\r\n") {
+			req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+		}
 		if ifMatch != "" {
 			req.Header.Set("If-Match", ifMatch)
 		}
@@ -42,6 +45,10 @@ func TestBadRulesetUploadsAreRefusedPreciselyAndChangeNothing(t *testing.T) {
 		{"unknown field", "segments:\n  - name: a\n    rule: request.bucket > 5\n    colour: red\n", 422, "colour"},
 		{"empty", "", 422, "empty"},
 		{"oversized", strings.Repeat("#", 5<<20), 422, "the rules file is over 4194304 bytes"},
+		{"bad wasm", "--b\r\nContent-Disposition: form-data; name=\"rules\"; filename=\"rules.yaml\"\r\n\r\n" +
+			"segments:\n  - name: a\n    rule: request.bucket > 5\nmodules:\n  - path: m.wasm\n    segments: [b]\n\r\n" +
+			"--b\r\nContent-Disposition: form-data; name=\"module\"; filename=\"m.wasm\"\r\n\r\nnot wasm\r\n--b--\r\n",
+			422, `rules.yaml:5:5: module \"m.wasm\": load module \"rules.yaml/m.wasm\": malformed binary`},
 	}
 	for _, tt := range tests {
 		code, body := put(tt.body, "")
