@@ -18,7 +18,8 @@
 # before an engine change; empty: only the working tree), STORES ("redis memory"),
 # ORIGIN_RULES_FILE (scripts/bench/rules.yaml; "none": no ruleset, no deltas), GOAL_RATE (10000),
 # GOAL_DURATION (20s), RAMP_RATES ("5000 10000 15000 20000 30000 40000 50000"), STEP_DURATION
-# (8s), P99_MS (50), BATCH (50), USERS (10000), CONCURRENCY (16), SKIP_GOAL=1, SKIP_RAMP=1,
+# (8s), P99_MS (50), BATCH (50), USERS (10000), CONCURRENCY (16), ROUNDS (1; more repeats the
+# whole base/new sequence, interleaved, for the spread on a busy machine), SKIP_GOAL=1, SKIP_RAMP=1,
 # SKIP_REDIS=1 (no redis-benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ cd "$(dirname "$0")/.."
 : "${CONCURRENCY:=16}"
 : "${STORES:=redis memory}"
 : "${BASELINE_REF:=}"
+: "${ROUNDS:=1}"
 : "${ORIGIN_RULES_FILE:=scripts/bench/rules.yaml}"
 work="$(mktemp -d)"
 
@@ -141,6 +143,7 @@ step() {
 fmt_ms() { jq -r --arg k "$1" 'if .[$k] < 0 then "-" else (.[$k]*100|round/100|tostring) end'; }
 
 maxes=""
+for round in $(seq "$ROUNDS"); do
 for store in $STORES; do
   for variant in $variants; do
     start_origin "$variant" "$store"
@@ -180,6 +183,7 @@ for store in $STORES; do
     fi
     stop_origin
   done
+done
 done
 
 echo
