@@ -55,3 +55,54 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("connections = %d", n)
 	}
 }
+
+func TestCheckTakesNoPlaceAndCountsRefusals(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := NewHub(1, 2, reg)
+	refused := func(limit string) float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != "segedge_edge_push_refused_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == limit {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return -1
+	}
+	for i := 0; i < 3; i++ { // checking again and again takes no place
+		if err := h.Check("a"); err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+	}
+	if _, err := h.Subscribe("a"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		user, limit string
+		want        error
+		refused     float64
+	}{
+		{"a", "user", ErrTooMany, 1}, // a has its one stream
+		{"b", "user", nil, 1},
+	} {
+		if err := h.Check(tc.user); err != tc.want {
+			t.Fatalf("Check(%s) = %v, want %v", tc.user, err, tc.want)
+		}
+		if got := refused(tc.limit); got != tc.refused {
+			t.Fatalf("after Check(%s): refused{limit=%s} = %v, want %v", tc.user, tc.limit, got, tc.refused)
+		}
+	}
+	if _, err := h.Subscribe("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check("c"); err != ErrTooMany || refused("total") != 1 {
+		t.Fatalf("Check over the total: %v, refused{total} = %v", err, refused("total"))
+	}
+	if n := h.Connections(); n != 2 {
+		t.Fatalf("connections = %d, want 2", n)
+	}
+}
