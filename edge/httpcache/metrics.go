@@ -22,6 +22,9 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 			Help: "Purge operations, by kind (url, prefix, tag, dependency, unsafe_method).",
 		}, []string{"kind"}),
 	}
+	for _, k := range []string{"url", "prefix", "tag", "dependency", "unsafe_method"} {
+		m.purges.WithLabelValues(k) // every series from the start: docs/metrics.md, rate() and alerts see them
+	}
 	if reg == nil {
 		return m, nil
 	}

@@ -23,6 +23,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Upstream requests that got no response, by reason (connect, connect_timeout, timeout, closed, protocol).",
 		}, []string{"reason"}),
 	}
+	for _, r := range []string{"connect", "connect_timeout", "dial", "timeout", "closed", "protocol", "body"} {
+		m.errors.WithLabelValues(r) // every series from the start: docs/metrics.md, rate() and alerts see them
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.duration, m.errors} {
 			if err := reg.Register(c); err != nil {

@@ -519,6 +519,9 @@ func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_edge_replica_lag_messages", Help: "Deltas in the stream not yet applied by this edge."}),
 	}
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_edge_replica_users", Help: "Users held in the replica."}, func() float64 { return float64(r.Len()) })
+	for _, r := range []string{"found", "unknown", "error"} {
+		m.fetches.WithLabelValues(r) // every series from the start: docs/metrics.md, rate() and alerts see them
+	}
 	reg.MustRegister(m.applied, m.stale, m.bad, m.evicted, m.fetches, m.eventToEdge, m.lag, size)
 	return m
 }
