@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -358,5 +359,40 @@ func TestSegmentWebSocketRefusesOtherSitesAndPlainGET(t *testing.T) {
 	}
 	if res, _ := get(t, sys.edgeURL+"/user/segments/ws", c); res.StatusCode != 426 {
 		t.Errorf("plain GET: %d, want 426 Upgrade Required", res.StatusCode)
+	}
+}
+
+// Open streams do not hold up a shutdown: on SIGTERM the edge ends the SSE body cleanly (the
+// terminating chunk, so the browser reconnects elsewhere) and closes the WebSocket with 1001.
+func TestSegmentStreamsEndOnEdgeShutdown(t *testing.T) {
+	sys := startSystem(t, services{}, testUpstream(t).URL)
+	cookie := func() string { res, _ := get(t, sys.edgeURL+"/page", ""); return cookieOf(res) }
+	sse := mustOpenSegStream(t, sseKind, sys.edgeURL, cookie(), 0)
+	ws := mustOpenSegStream(t, wsKind, sys.edgeURL, cookie(), 0)
+	sse.next(t, 5*time.Second)
+	ws.next(t, 5*time.Second)
+	code, took := sys.edge.stop(5 * time.Second)
+	if code != 0 || took > 3*time.Second {
+		t.Fatalf("edge exited %d after %s with open streams, want 0 promptly", code, took)
+	}
+	for _, tc := range []struct {
+		name  string
+		s     *streamConn
+		clean func(error) bool
+	}{
+		{"SSE", sse, func(err error) bool { return err == io.EOF }},
+		{"WebSocket", ws, func(err error) bool { return websocket.IsCloseError(err, websocket.CloseGoingAway) }},
+	} {
+		select {
+		case _, ok := <-tc.s.msgs:
+			for ok {
+				_, ok = <-tc.s.msgs
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s stream still open after the edge stopped", tc.name)
+		}
+		if !tc.clean(tc.s.err) {
+			t.Errorf("%s stream ended with %v, want a clean end", tc.name, tc.s.err)
+		}
 	}
 }
