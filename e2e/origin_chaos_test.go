@@ -405,6 +405,7 @@ func firstN(s []string, n int) []string {
 func TestOriginKilledMidStreamLosesAndDoublesNothing(t *testing.T) {
 	o := newChaosOrigin(t, "")
 	first := o.start(t)
+	putChaosRules(t, o)
 
 	const events, users = 3000, 50
 	batches, userIDs := chaosBatches("k", events, users, 20, 7)
@@ -448,6 +449,7 @@ func TestOriginKilledMidStreamLosesAndDoublesNothing(t *testing.T) {
 	// AckWait (5s; the engine keeps messages it is still retrying in progress), so allow for it
 	// with margin for a loaded machine.
 	waitExactlyOnce(t, o, userIDs, s.Expected(), 30*time.Second)
+	checkDeltaVersions(t, o, userIDs)
 	// Redelivered events the killed process had already applied show up as duplicates here.
 	t.Logf("second origin: %.0f events applied, %.0f redelivered events recognised as already applied",
 		counter(o.url(), "segedge_origin_events_applied_total"), counter(o.url(), "segedge_origin_events_duplicate_total"))
@@ -569,6 +571,7 @@ func TestOriginRidesOutRedisOutage(t *testing.T) {
 	}
 	o := newChaosOrigin(t, proxied)
 	origin := o.start(t)
+	putChaosRules(t, o)
 
 	const events, users = 3000, 50
 	batches, userIDs := chaosBatches("r", events, users, 20, 7)
@@ -623,10 +626,102 @@ func TestOriginRidesOutRedisOutage(t *testing.T) {
 		t.Fatalf("accepted %d distinct events, want all %d", got, events)
 	}
 	waitExactlyOnce(t, o, userIDs, s.Expected(), 30*time.Second)
+	checkDeltaVersions(t, o, userIDs)
 	t.Logf("origin: %.0f events applied, %.0f redelivered events recognised as already applied, %.0f failed profile updates retried",
 		counter(o.url(), "segedge_origin_events_applied_total"), counter(o.url(), "segedge_origin_events_duplicate_total"),
 		counter(o.url(), "segedge_origin_profile_update_failures_total"))
 	if code, took := origin.stop(10 * time.Second); code != 0 {
 		t.Errorf("origin exited %d after SIGTERM (%s)", code, took)
 	}
+}
+
+// chaosRules is a ruleset for the chaos tests: the delta of every event carries the feature the
+// rule reads, so every event publishes a delta and the DELTAS stream records the order in which
+// the origin handled each user's events.
+const chaosRules = `segments:
+  - name: carted
+    rule: count("add_to_cart", "30m") > 0
+`
+
+// putChaosRules uploads chaosRules and waits until the origin evaluates with it.
+func putChaosRules(t *testing.T, o *chaosOrigin) {
+	t.Helper()
+	req, _ := http.NewRequest("PUT", o.url()+"/v1/rulesets", strings.NewReader(chaosRules))
+	req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 201 {
+		t.Fatalf("PUT /v1/rulesets: %d %s", res.StatusCode, b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", o.url()+"/v1/segments", nil)
+		req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
+		if res, err := http.DefaultClient.Do(req); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 && strings.Contains(string(b), "carted") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the chaos ruleset never became active")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkDeltaVersions reads the whole DELTAS stream and checks that each user's deltas carry
+// versions 1, 2, 3 … in stream order: none skipped, none repeated, none going back, whatever
+// crashed or failed meanwhile (a republished version is dropped by JetStream as a duplicate).
+func checkDeltaVersions(t *testing.T, o *chaosOrigin, users []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := o.nats.JS.OrderedConsumer(ctx, o.nats.Topology.DeltasStream(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := info.NumPending
+	last := map[string]uint64{}
+	var n uint64
+	for n < total {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			n++
+			var d struct {
+				UserID  string `json:"user_id"`
+				Version uint64 `json:"version"`
+			}
+			if err := json.Unmarshal(m.Data(), &d); err != nil {
+				t.Fatalf("delta %d: %v", n, err)
+			}
+			if d.Version != last[d.UserID]+1 {
+				t.Fatalf("user %s: delta version %d after %d (stream position %d): out of order, repeated or skipped", d.UserID, d.Version, last[d.UserID], n)
+			}
+			last[d.UserID] = d.Version
+		}
+		if err := batch.Error(); err != nil && got == 0 {
+			t.Fatalf("read DELTAS after %d of %d: %v", n, total, err)
+		}
+	}
+	for _, u := range users {
+		if last[u] == 0 {
+			t.Errorf("user %s: no delta", u)
+		}
+	}
+	t.Logf("DELTAS: %d deltas, every user's versions 1…n in order with no gap or repeat", n)
 }
