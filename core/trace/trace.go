@@ -78,8 +78,9 @@ var noopSpan oteltrace.Span = noop.Span{}
 // Setup turns tracing on if an endpoint is configured (cfg.Endpoint or the standard
 // OTEL_EXPORTER_OTLP_* variables) and returns the function that flushes and stops it; with no
 // endpoint it does nothing and returns a shutdown that does nothing. service names the program
-// ("segedge-origin", "segedge-edge").
-func Setup(ctx context.Context, cfg Config, service string) (shutdown func(context.Context) error, err error) {
+// ("segedge-origin", "segedge-edge"); export failures are logged on log at warn level, at most
+// once a minute.
+func Setup(ctx context.Context, cfg Config, service string, log *slog.Logger) (shutdown func(context.Context) error, err error) {
 	none := func(context.Context) error { return nil }
 	var opts []otlptracehttp.Option
 	switch {
@@ -111,6 +112,8 @@ func Setup(ctx context.Context, cfg Config, service string) (shutdown func(conte
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
 	)
 	restore := Install(tp)
+	otel.SetErrorHandler(errorLogger(log))
+	log.Info("tracing on", "service", service, "sample_ratio", cfg.SampleRatio)
 	return func(ctx context.Context) error {
 		err := tp.Shutdown(ctx)
 		restore()
@@ -242,5 +245,20 @@ func Stop(shutdown func(context.Context) error, log *slog.Logger) {
 	defer cancel()
 	if err := shutdown(ctx); err != nil {
 		log.Warn("traces not flushed", "err", err)
+	}
+}
+
+// errorLogger sends OpenTelemetry's internal errors (a collector that cannot be reached) to log,
+// at most one line a minute, with the number of errors since the last line.
+func errorLogger(log *slog.Logger) otel.ErrorHandlerFunc {
+	var last atomic.Int64
+	var n atomic.Int64
+	return func(err error) {
+		n.Add(1)
+		now := time.Now().UnixNano()
+		if prev := last.Load(); now-prev < int64(time.Minute) || !last.CompareAndSwap(prev, now) {
+			return
+		}
+		log.Warn("traces not exported", "err", err, "errors", n.Swap(0))
 	}
 }

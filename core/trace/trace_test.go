@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -176,7 +178,7 @@ func TestSetupExportsOTLPHTTP(t *testing.T) {
 			mu.Lock()
 			got, paths = nil, nil
 			mu.Unlock()
-			shutdown, err := Setup(context.Background(), Config{Endpoint: tc.endpoint, SampleRatio: 1}, "segedge-test")
+			shutdown, err := Setup(context.Background(), Config{Endpoint: tc.endpoint, SampleRatio: 1}, "segedge-test", slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -224,12 +226,23 @@ func TestSetupExportsOTLPHTTP(t *testing.T) {
 func TestSetupWithoutEndpointIsOff(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-	shutdown, err := Setup(context.Background(), Config{SampleRatio: 1}, "segedge-test")
+	shutdown, err := Setup(context.Background(), Config{SampleRatio: 1}, "segedge-test", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer shutdown(context.Background())
 	if Enabled() {
 		t.Fatal("tracing on without an endpoint")
+	}
+}
+
+func TestExportErrorsAreLoggedOncePerMinute(t *testing.T) {
+	var buf strings.Builder
+	h := errorLogger(slog.New(slog.NewTextHandler(&buf, nil)))
+	for range 5 {
+		h(errors.New("connection refused"))
+	}
+	if got := strings.Count(buf.String(), "traces not exported"); got != 1 {
+		t.Fatalf("%d log lines for 5 errors within a minute, want 1:\n%s", got, buf.String())
 	}
 }

@@ -239,7 +239,9 @@ func (e *edge) render(ctx *fasthttp.RequestCtx, en *httpcache.Entry) bool {
 			var buf bytes.Buffer
 			buf.Grow(len(en.Body) + 4096)
 			t1 := time.Now()
+			span := startSpan(ctx, "edge.splice")
 			pg.Render(&buf, variants)
+			span.End()
 			e.spliceDur.Observe(time.Since(t1).Seconds())
 			return buf.Bytes()
 		})

@@ -54,7 +54,7 @@ func Main(args []string, stderr io.Writer) int {
 // content); /readyz says ready only once NATS is connected. If the first connection does not
 // succeed within cfg.NATSConnectTimeout, Run fails: a misconfigured NATS_URL must not go unnoticed.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-edge")
+	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-edge", log)
 	if err != nil {
 		return err
 	}

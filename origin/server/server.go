@@ -53,7 +53,7 @@ func Main(args []string, stderr io.Writer) int {
 // Run starts the origin and blocks until ctx is done, then shuts down: it stops accepting, lets
 // in-flight requests finish within cfg.ShutdownTimeout, and closes NATS and the store.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-origin")
+	stopTracing, err := trace.Setup(ctx, cfg.Trace, "segedge-origin", log)
 	if err != nil {
 		return err
 	}
