@@ -23,6 +23,9 @@ import (
 	"github.com/segedge/segedge/origin/trigger"
 )
 
+// The origin passes its trigger.Firer as Config.Triggers; it must be a ThresholdSink too.
+var _ ThresholdSink = (*trigger.Firer)(nil)
+
 const thresholdRules = `
 segments:
   - name: cart_abandoner
