@@ -158,6 +158,10 @@ func Start(ctx context.Context, tracer string, name string, kind oteltrace.SpanK
 	return b.tp.Tracer(tracer).Start(ctx, name, oteltrace.WithSpanKind(kind))
 }
 
+// NoSpan is the no-op span (ending it or setting attributes on it does nothing), without
+// allocating.
+func NoSpan() oteltrace.Span { return noopSpan }
+
 // End records err on span (if any) and ends it.
 func End(span oteltrace.Span, err error) {
 	if err != nil && span.IsRecording() {

@@ -80,10 +80,23 @@ func spanContext(ctx *fasthttp.RequestCtx) context.Context {
 	return ctx
 }
 
-// startSpan starts a child span of the request's current one (a no-op span with tracing off).
+// startSpan starts a child span of the request's current one: a no-op span with tracing off or
+// when the request was not sampled (its children would not be recorded either).
 func startSpan(ctx *fasthttp.RequestCtx, name string) oteltrace.Span {
-	_, span := trace.Start(spanContext(ctx), tracerName, name, oteltrace.SpanKindInternal)
+	if !trace.Enabled() {
+		return trace.NoSpan()
+	}
+	parent := spanContext(ctx)
+	if !sampled(parent) {
+		return trace.NoSpan()
+	}
+	_, span := trace.Start(parent, tracerName, name, oteltrace.SpanKindInternal)
 	return span
+}
+
+// sampled reports whether the span in ctx is recorded.
+func sampled(ctx context.Context) bool {
+	return oteltrace.SpanContextFromContext(ctx).IsSampled()
 }
 
 // proxied runs the proxy (cache, upstream, render) inside an "edge.cache" span, whose context
@@ -94,6 +107,12 @@ func (e *edge) proxied(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	parent := spanContext(ctx)
+	if !sampled(parent) {
+		// Not sampled: no spans, but the site learns that (the flag is in the traceparent).
+		trace.InjectHTTP(parent, requestHeader{&ctx.Request.Header})
+		e.proxy.Handle(ctx)
+		return
+	}
 	sctx, span := trace.Start(parent, tracerName, "edge.cache", oteltrace.SpanKindInternal)
 	ctx.SetUserValue(spanKey{}, sctx)
 	trace.InjectHTTP(sctx, requestHeader{&ctx.Request.Header})
@@ -114,6 +133,9 @@ func traceUpstream(req *fasthttp.Request) func(*fasthttp.Response, error) {
 	}
 	h := requestHeader{&req.Header}
 	parent := trace.ExtractHTTP(context.Background(), h)
+	if sc := oteltrace.SpanContextFromContext(parent); sc.IsValid() && !sc.IsSampled() {
+		return nil // an unsampled request: its traceparent goes upstream as it is
+	}
 	sctx, span := trace.Start(parent, tracerName, "edge.upstream", oteltrace.SpanKindClient)
 	trace.InjectHTTP(sctx, h)
 	if span.IsRecording() {

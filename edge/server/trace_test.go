@@ -105,3 +105,34 @@ func BenchmarkPersonalizedHitTraced(b *testing.B) {
 	b.Cleanup(func() { restore(); _ = tp.Shutdown(context.Background()) })
 	benchHandle(b, e.handler(), req)
 }
+
+// BenchmarkPersonalizedHitTracedUnsampled is tracing on with a sampler that records no request
+// (as a small SEGEDGE_TRACE_SAMPLE_RATIO does for most): the cost for the requests not sampled.
+func BenchmarkPersonalizedHitTracedUnsampled(b *testing.B) {
+	e, req := benchEdge(b)
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))),
+		sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	restore := trace.Install(tp)
+	b.Cleanup(func() { restore(); _ = tp.Shutdown(context.Background()) })
+	benchHandle(b, e.handler(), req)
+}
+
+func TestUnsampledRequestRecordsNothing(t *testing.T) {
+	e, req := benchEdge(t)
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))), sdktrace.WithSyncer(exp))
+	restore := trace.Install(tp)
+	t.Cleanup(func() { restore(); _ = tp.Shutdown(context.Background()) })
+	h := e.handler()
+	for _, want := range []string{"MISS", "HIT"} {
+		var ctx fasthttp.RequestCtx
+		ctx.Init(req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, nil)
+		h(&ctx)
+		if got := string(ctx.Response.Header.Peek(proxy.CacheHeader)); got != want || ctx.Response.StatusCode() != 200 {
+			t.Fatalf("cache %q status %d, want %s 200", got, ctx.Response.StatusCode(), want)
+		}
+	}
+	if spans := exp.GetSpans(); len(spans) != 0 {
+		t.Fatalf("%d spans recorded with a sampler that records none: %v", len(spans), spans)
+	}
+}
