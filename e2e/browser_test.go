@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -159,5 +160,27 @@ func TestBrowserSwapsSlotInPlaceAndCatchesUpAfterCut(t *testing.T) {
 	t.Logf("network restored to swapped slot: %s (EventSource retry is 2s)", took)
 	if !jsBool(t, tctx, `window.segedgeMarker === 42 && window.segedgeChanges >= 2`) {
 		t.Fatal("the page was reloaded, or segedge:change was not dispatched for the change made during the cut")
+	}
+
+	// A new ruleset changes what the same segments show: the open page follows.
+	src, err := os.ReadFile("../scripts/demo/rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := strings.Replace(string(src), "fragment: /fragments/vip-hero.html", "html: 'VIP hero, ruleset 2'", 1)
+	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(v2))
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 201 {
+		t.Fatalf("PUT ruleset 2: %d", res.StatusCode)
+	}
+	took = waitJS(t, tctx, hero+` === "VIP hero, ruleset 2"`, 10*time.Second)
+	t.Logf("ruleset upload to swapped slot: %s", took)
+	if !jsBool(t, tctx, `window.segedgeMarker === 42`) {
+		t.Fatal("the page was reloaded")
 	}
 }

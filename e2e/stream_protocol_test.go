@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +22,7 @@ import (
 // streamMsg is what a client read: a state (data) or a heartbeat.
 type streamMsg struct {
 	heartbeat bool
-	id        uint64
+	id        string   // "version.ruleset"
 	Segments  []string `json:"segments"`
 	Ruleset   uint64   `json:"ruleset"`
 	Version   uint64   `json:"version"`
@@ -42,9 +42,9 @@ const (
 	wsKind  streamKind = "ws"
 )
 
-// openSegStream opens a stream of kind for the visitor with cookie, resuming after id last (0: a
+// openSegStream opens a stream of kind for the visitor with cookie, resuming after id last ("": a
 // fresh stream). It returns the HTTP status when the edge refused the stream (conn nil).
-func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last uint64) (*streamConn, int) {
+func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie, last string) (*streamConn, int) {
 	t.Helper()
 	sc := &streamConn{msgs: make(chan streamMsg, 64)}
 	switch kind {
@@ -52,8 +52,8 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 		ctx, cancel := context.WithCancel(context.Background())
 		req, _ := http.NewRequestWithContext(ctx, "GET", edgeURL+"/user/segments/stream", nil)
 		req.Header.Set("Cookie", "segedge_uid="+cookie)
-		if last > 0 {
-			req.Header.Set("Last-Event-ID", strconv.FormatUint(last, 10))
+		if last != "" {
+			req.Header.Set("Last-Event-ID", last)
 		}
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -72,8 +72,7 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 		go func() {
 			defer close(sc.msgs)
 			r := bufio.NewReader(res.Body)
-			var id uint64
-			var event, data string
+			var id, event, data string
 			for {
 				line, err := r.ReadString('\n')
 				if err != nil {
@@ -85,7 +84,7 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 				case strings.HasPrefix(line, ": heartbeat"):
 					sc.msgs <- streamMsg{heartbeat: true}
 				case strings.HasPrefix(line, "id: "):
-					id, _ = strconv.ParseUint(line[4:], 10, 64)
+					id = line[4:]
 				case strings.HasPrefix(line, "event: "):
 					event = line[7:]
 				case strings.HasPrefix(line, "data: "):
@@ -103,8 +102,8 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 		}()
 	case wsKind:
 		u := "ws" + strings.TrimPrefix(edgeURL, "http") + "/user/segments/ws"
-		if last > 0 {
-			u += "?last_event_id=" + strconv.FormatUint(last, 10)
+		if last != "" {
+			u += "?last_event_id=" + last
 		}
 		c, res, err := websocket.DefaultDialer.Dial(u, http.Header{"Cookie": {"segedge_uid=" + cookie}})
 		if err != nil {
@@ -131,7 +130,7 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 					sc.err = fmt.Errorf("bad WebSocket message %d %q", typ, b)
 					return
 				}
-				m.id = m.Version // the WebSocket message's id is its version
+				m.id = fmt.Sprintf("%d.%d", m.Version, m.Ruleset) // the id of the same SSE event
 				sc.msgs <- m
 			}
 		}()
@@ -141,7 +140,7 @@ func openSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last u
 }
 
 // mustOpenSegStream is openSegStream for a stream that must be accepted.
-func mustOpenSegStream(t *testing.T, kind streamKind, edgeURL, cookie string, last uint64) *streamConn {
+func mustOpenSegStream(t *testing.T, kind streamKind, edgeURL, cookie, last string) *streamConn {
 	t.Helper()
 	s, code := openSegStream(t, kind, edgeURL, cookie, last)
 	if s == nil {
@@ -223,8 +222,8 @@ func TestSegmentStreamsResumeAndIsolation(t *testing.T) {
 			resA, _ := get(t, sys.edgeURL+"/", "")
 			resB, _ := get(t, sys.edgeURL+"/", "")
 			a, b := cookieOf(resA), cookieOf(resB)
-			sa := mustOpenSegStream(t, kind, sys.edgeURL, a, 0)
-			sb := mustOpenSegStream(t, kind, sys.edgeURL, b, 0)
+			sa := mustOpenSegStream(t, kind, sys.edgeURL, a, "")
+			sb := mustOpenSegStream(t, kind, sys.edgeURL, b, "")
 			// A fresh stream starts with the current state: nothing known yet.
 			for _, s := range []*streamConn{sa, sb} {
 				if m := s.next(t, 5*time.Second); m.Version != 0 || len(m.Segments) != 0 {
@@ -235,21 +234,23 @@ func TestSegmentStreamsResumeAndIsolation(t *testing.T) {
 			// A change of A reaches A's stream, with its version as the id.
 			streamBeacon(t, sys.edgeURL, a, fmt.Sprintf(`[{"event_id":"r%d-1","type":"add_to_cart"}]`, i))
 			m := sa.next(t, 10*time.Second)
-			if m.id != 1 || m.Version != 1 || !hasSegment(m.Segments, "cart_abandoner") {
-				t.Fatalf("after add_to_cart A got %+v, want version 1 in cart_abandoner", m)
+			if m.id != "1.1" || m.Version != 1 || !hasSegment(m.Segments, "cart_abandoner") {
+				t.Fatalf("after add_to_cart A got %+v, want version 1 (id 1.1) in cart_abandoner", m)
 			}
 
 			// Resume: with the newest id nothing is re-sent; with an older one the current state is.
 			sa.close()
-			upToDate := mustOpenSegStream(t, kind, sys.edgeURL, a, 1)
-			upToDate.quiet(t, 3, 5*time.Second)
-			upToDate.close()
+			for _, id := range []string{"1.1", "1"} { // the id, or just the version
+				upToDate := mustOpenSegStream(t, kind, sys.edgeURL, a, id)
+				upToDate.quiet(t, 3, 5*time.Second)
+				upToDate.close()
+			}
 			// A change made while A has no stream open arrives on reconnect.
 			streamBeacon(t, sys.edgeURL, a, fmt.Sprintf(`[{"event_id":"r%d-2","type":"purchase_completed"}]`, i))
 			streamWaitVersion(t, sys, a, 2, 1)
-			resumed := mustOpenSegStream(t, kind, sys.edgeURL, a, 1)
-			if m := resumed.next(t, 5*time.Second); m.Version != 2 || !hasSegment(m.Segments, "buyer") || hasSegment(m.Segments, "cart_abandoner") {
-				t.Fatalf("resumed after 1: %+v, want version 2 (buyer, no longer cart_abandoner)", m)
+			resumed := mustOpenSegStream(t, kind, sys.edgeURL, a, "1.1")
+			if m := resumed.next(t, 5*time.Second); m.id != "2.1" || !hasSegment(m.Segments, "buyer") || hasSegment(m.Segments, "cart_abandoner") {
+				t.Fatalf("resumed after 1.1: %+v, want version 2 (buyer, no longer cart_abandoner)", m)
 			}
 			resumed.quiet(t, 2, 5*time.Second) // and only once
 
@@ -295,9 +296,9 @@ func TestSegmentStreamLimitsAreSharedBySSEAndWebSocket(t *testing.T) {
 	cookie := func() string { res, _ := get(t, sys.edgeURL+"/page", ""); return cookieOf(res) }
 	a, b, c := cookie(), cookie(), cookie()
 
-	sa := mustOpenSegStream(t, sseKind, sys.edgeURL, a, 0)
+	sa := mustOpenSegStream(t, sseKind, sys.edgeURL, a, "")
 	sa.next(t, 5*time.Second)
-	sb := mustOpenSegStream(t, wsKind, sys.edgeURL, b, 0)
+	sb := mustOpenSegStream(t, wsKind, sys.edgeURL, b, "")
 	sb.next(t, 5*time.Second)
 	for _, tc := range []struct {
 		name   string
@@ -309,7 +310,7 @@ func TestSegmentStreamLimitsAreSharedBySSEAndWebSocket(t *testing.T) {
 		{"total: C's SSE", sseKind, c},
 		{"total: C's WebSocket", wsKind, c},
 	} {
-		if s, code := openSegStream(t, tc.kind, sys.edgeURL, tc.cookie, 0); s != nil || code != 503 {
+		if s, code := openSegStream(t, tc.kind, sys.edgeURL, tc.cookie, ""); s != nil || code != 503 {
 			t.Errorf("%s: status %d, want 503", tc.name, code)
 		}
 	}
@@ -317,7 +318,7 @@ func TestSegmentStreamLimitsAreSharedBySSEAndWebSocket(t *testing.T) {
 	sa.close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		s, code := openSegStream(t, wsKind, sys.edgeURL, c, 0)
+		s, code := openSegStream(t, wsKind, sys.edgeURL, c, "")
 		if s != nil {
 			s.next(t, 5*time.Second)
 			break
@@ -367,8 +368,8 @@ func TestSegmentWebSocketRefusesOtherSitesAndPlainGET(t *testing.T) {
 func TestSegmentStreamsEndOnEdgeShutdown(t *testing.T) {
 	sys := startSystem(t, services{}, testUpstream(t).URL)
 	cookie := func() string { res, _ := get(t, sys.edgeURL+"/page", ""); return cookieOf(res) }
-	sse := mustOpenSegStream(t, sseKind, sys.edgeURL, cookie(), 0)
-	ws := mustOpenSegStream(t, wsKind, sys.edgeURL, cookie(), 0)
+	sse := mustOpenSegStream(t, sseKind, sys.edgeURL, cookie(), "")
+	ws := mustOpenSegStream(t, wsKind, sys.edgeURL, cookie(), "")
 	sse.next(t, 5*time.Second)
 	ws.next(t, 5*time.Second)
 	code, took := sys.edge.stop(5 * time.Second)
@@ -393,6 +394,66 @@ func TestSegmentStreamsEndOnEdgeShutdown(t *testing.T) {
 		}
 		if !tc.clean(tc.s.err) {
 			t.Errorf("%s stream ended with %v, want a clean end", tc.name, tc.s.err)
+		}
+	}
+}
+
+// A new ruleset can change what the same segments show, so every open stream gets its user's
+// state again under the new ruleset, and a client that resumes with the old ruleset's id gets it.
+func TestSegmentStreamsFollowRulesetChanges(t *testing.T) {
+	// Closed streams free their place at the next heartbeat; 20 places are enough for them all.
+	sys := startSystem(t, services{}, siteUpstream(t).URL, "SEGEDGE_STREAM_HEARTBEAT=100ms", "SEGEDGE_STREAM_MAX_PER_USER=20")
+	putRules(t, sys, "../scripts/demo/rules.yaml")
+	streamWaitRuleset(t, sys, 1)
+	res, _ := get(t, sys.edgeURL+"/", "")
+	a := cookieOf(res)
+	streamBeacon(t, sys.edgeURL, a, `[{"event_id":"rs-1","type":"add_to_cart"}]`)
+	streamWaitVersion(t, sys, a, 1, 1)
+
+	open := map[streamKind]*streamConn{}
+	for _, kind := range []streamKind{sseKind, wsKind} {
+		open[kind] = mustOpenSegStream(t, kind, sys.edgeURL, a, "")
+		if m := open[kind].next(t, 5*time.Second); m.id != "1.1" {
+			t.Fatalf("%s first state %+v, want id 1.1", kind, m)
+		}
+	}
+	src, err := os.ReadFile("../scripts/demo/rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := strings.Replace(string(src), "Finish your order", "Finish your order today", 1)
+	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(v2))
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 201 {
+		t.Fatalf("PUT ruleset 2: %d", res.StatusCode)
+	}
+	for kind, s := range open {
+		if m := s.next(t, 10*time.Second); m.id != "1.2" || m.Ruleset != 2 || !hasSegment(m.Segments, "cart_abandoner") {
+			t.Fatalf("%s after ruleset 2: %+v, want the same state under ruleset 2 (id 1.2)", kind, m)
+		}
+		s.quiet(t, 2, 5*time.Second) // once
+	}
+	for _, kind := range []streamKind{sseKind, wsKind} {
+		for _, tc := range []struct {
+			last string
+			want string // "" : nothing is sent
+		}{
+			{"1.1", "1.2"}, // seen under the old ruleset: sent again
+			{"1.2", ""},
+			{"1", ""}, // a bare version says nothing about the ruleset
+		} {
+			s := mustOpenSegStream(t, kind, sys.edgeURL, a, tc.last)
+			if tc.want == "" {
+				s.quiet(t, 2, 5*time.Second)
+			} else if m := s.next(t, 5*time.Second); m.id != tc.want {
+				t.Fatalf("%s resumed at %s: %+v, want id %s", kind, tc.last, m, tc.want)
+			}
+			s.close()
 		}
 	}
 }

@@ -17,9 +17,10 @@ import (
 
 // Message is one state of one user.
 type Message struct {
-	ID    uint64 // the user's replica version (or 0 before any)
-	Event string // SSE event name: "segments"
-	Data  []byte // JSON, ready to send
+	ID      uint64 // the user's replica version (or 0 before any)
+	Ruleset uint64 // the edge's ruleset version the message was made with
+	Event   string // SSE event name: "segments"
+	Data    []byte // JSON, ready to send
 }
 
 // ErrTooMany is returned when a connection limit is reached.

@@ -119,6 +119,7 @@ func (e *edge) watchRulesets(ctx context.Context, js jetstream.JetStream, topo b
 		e.ruleset.Store(rs.version)
 		e.rulesetGauge.Set(float64(rs.version))
 		e.log.Info("ruleset active", "version", rs.version, "segments", len(rs.man.Segments))
+		e.onRulesetChange() // open segment streams (user.go)
 		if old != nil {
 			go func() { old.refs.Wait(); old.ev.Close() }()
 		}

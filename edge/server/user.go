@@ -103,7 +103,7 @@ type segmentsAnswer struct {
 	AsOf     string   `json:"as_of,omitempty"`
 }
 
-func (e *edge) answer(ent *replica.Entry) ([]byte, uint64) {
+func (e *edge) answer(ent *replica.Entry) ([]byte, uint64, uint64) {
 	a := segmentsAnswer{Segments: e.replica.MemberNames(ent, make([]string, 0, 8)), Ruleset: e.rulesetVersion()}
 	if ent != nil {
 		a.Version = ent.Version
@@ -112,7 +112,7 @@ func (e *edge) answer(ent *replica.Entry) ([]byte, uint64) {
 		}
 	}
 	b, _ := json.Marshal(a)
-	return b, a.Version
+	return b, a.Version, a.Ruleset
 }
 
 // getSegments is GET /user/segments for the cookie's user, answered from the local replica.
@@ -122,7 +122,7 @@ func (e *edge) getSegments(ctx *fasthttp.RequestCtx) {
 	if !v.new {
 		ent = e.replica.Lookup(ctx, string(v.id))
 	}
-	body, version := e.answer(ent)
+	body, version, _ := e.answer(ent)
 	etag := `"` + strconv.FormatUint(version, 10) + "-" + strconv.FormatUint(e.rulesetVersion(), 10) + `"`
 	h := &ctx.Response.Header
 	h.Set("Cache-Control", "private, max-age=5")
@@ -156,7 +156,7 @@ func (e *edge) streamSegments(ctx *fasthttp.RequestCtx) {
 	if known {
 		e.replica.Lookup(ctx, user) // a replica miss is fetched from the origin now, not after the hijack
 	}
-	last := lastEventID(ctx)
+	pos := lastEventID(ctx)
 	h := &ctx.Response.Header
 	h.SetContentType("text/event-stream")
 	h.Set("Cache-Control", "private, no-store")
@@ -182,10 +182,10 @@ func (e *edge) streamSegments(ctx *fasthttp.RequestCtx) {
 		if known {
 			ent, _ = e.replica.Get(user)
 		}
-		first, version := e.answer(ent)
-		s := &sseConn{c: c, last: last}
+		first, version, rs := e.answer(ent)
+		s := &sseConn{c: c, pos: pos}
 		head := append([]byte(nil), ctx.Response.Header.Header()...) // ctx is recycled when this returns
-		go e.runSSE(s, sub, head, first, version)
+		go e.runSSE(s, sub, head, first, version, rs)
 	})
 }
 
@@ -196,13 +196,13 @@ const sseWriteWait = 10 * time.Second
 var sseBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 type sseConn struct {
-	c    net.Conn
-	last uint64 // the id last sent (or that the client said it has)
+	c   net.Conn
+	pos streamPos // the state last sent (or that the client said it has)
 }
 
 // send writes, as one HTTP chunk, pre (the response head, the first time) and then either the
-// event (id, data) or, when data is nil, the comment text.
-func (s *sseConn) send(pre []byte, id uint64, data []byte, text string) bool {
+// event (id version.rs, data) or, when data is nil, the comment text.
+func (s *sseConn) send(pre []byte, version, rs uint64, data []byte, text string) bool {
 	bp := sseBufs.Get().(*[]byte)
 	defer sseBufs.Put(bp)
 	b := append((*bp)[:0], pre...)
@@ -210,7 +210,7 @@ func (s *sseConn) send(pre []byte, id uint64, data []byte, text string) bool {
 	p := body[:0]
 	if data != nil {
 		p = append(p, "id: "...)
-		p = strconv.AppendUint(p, id, 10)
+		p = appendID(p, version, rs)
 		p = append(p, "\nevent: segments\ndata: "...)
 	} else {
 		p = append(p, text...)
@@ -233,31 +233,28 @@ func (s *sseConn) send(pre []byte, id uint64, data []byte, text string) bool {
 	return err == nil
 }
 
-func (e *edge) runSSE(s *sseConn, sub *push.Sub, head, first []byte, version uint64) {
+func (e *edge) runSSE(s *sseConn, sub *push.Sub, head, first []byte, version, rs uint64) {
 	defer s.c.Close()
 	defer sub.Close()
-	if !s.send(head, 0, nil, "retry: 2000\n\n") {
+	if !s.send(head, 0, 0, nil, "retry: 2000\n\n") {
 		return
 	}
-	if id, ok := sendFirst(s.last, version); ok {
-		if !s.send(nil, version, first, "") {
-			return
-		}
-		s.last = id
+	if sendFirst(&s.pos, version, rs) && !s.send(nil, version, rs, first, "") {
+		return
 	}
 	t := time.NewTicker(e.cfg.StreamHeartbeat)
 	defer t.Stop()
 	for {
 		select {
 		case m := <-sub.C():
-			if !newer(m, &s.last) {
+			if !newer(m, &s.pos) {
 				continue
 			}
-			if !s.send(nil, m.ID, m.Data, "") {
+			if !s.send(nil, m.ID, m.Ruleset, m.Data, "") {
 				return
 			}
 		case <-t.C:
-			if !s.send(nil, 0, nil, ": heartbeat\n\n") {
+			if !s.send(nil, 0, 0, nil, ": heartbeat\n\n") {
 				return
 			}
 		case <-e.done:
@@ -273,6 +270,19 @@ func (e *edge) onReplicaChange(user string, _, ent *replica.Entry) {
 	if e.push.Connections() == 0 {
 		return
 	}
-	body, version := e.answer(ent)
-	e.push.Publish(user, push.Message{ID: version, Event: "segments", Data: body})
+	body, version, rs := e.answer(ent)
+	e.push.Publish(user, push.Message{ID: version, Ruleset: rs, Event: "segments", Data: body})
+}
+
+// onRulesetChange pushes every open stream its user's state under the new ruleset: the same
+// segments may now mean other slot variants, so clients refresh their slots.
+func (e *edge) onRulesetChange() {
+	if e.push.Connections() == 0 {
+		return
+	}
+	e.push.Broadcast(func(user string) (push.Message, bool) {
+		ent, _ := e.replica.Get(user)
+		body, version, rs := e.answer(ent)
+		return push.Message{ID: version, Ruleset: rs, Event: "segments", Data: body}, true
+	})
 }

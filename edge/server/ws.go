@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -13,9 +14,10 @@ import (
 )
 
 // GET /user/segments/ws is /user/segments/stream over WebSocket, for clients that prefer it.
-// Each text message is exactly the JSON an SSE "segments" event carries; its "version" is the
-// SSE event id. A client resumes with ?last_event_id=N (or a Last-Event-ID header) and then gets
-// the current state only when it is newer than N. Heartbeats are WebSocket pings every
+// Each text message is exactly the JSON an SSE "segments" event carries; its "version" and
+// "ruleset" make the SSE event id "version.ruleset". A client resumes with
+// ?last_event_id=version.ruleset (or a Last-Event-ID header) and then gets the current state only
+// when it is newer, or of another ruleset. Heartbeats are WebSocket pings every
 // SEGEDGE_STREAM_HEARTBEAT; a client that answers no ping (browsers answer by themselves) for two
 // intervals is dropped. The connection limits are the hub's, shared with SSE.
 
@@ -55,8 +57,8 @@ func (e *edge) streamSegmentsWS(ctx *fasthttp.RequestCtx) {
 	if !v.new {
 		e.replica.Lookup(ctx, user) // a replica miss is fetched from the origin now, not after the upgrade
 	}
-	last := lastEventID(ctx)
-	err := wsUpgrader.Upgrade(ctx, func(c *websocket.Conn) { e.serveWS(c, user, !v.new, last) })
+	pos := lastEventID(ctx)
+	err := wsUpgrader.Upgrade(ctx, func(c *websocket.Conn) { e.serveWS(c, user, !v.new, pos) })
 	if err != nil {
 		e.log.Debug("websocket upgrade refused", "err", err) // the upgrader answered the client
 	}
@@ -103,7 +105,7 @@ func tooManyStreams(ctx *fasthttp.RequestCtx) {
 
 // serveWS runs one upgraded connection until the client leaves, stops answering pings, or the
 // edge shuts down.
-func (e *edge) serveWS(c *websocket.Conn, user string, known bool, last uint64) {
+func (e *edge) serveWS(c *websocket.Conn, user string, known bool, pos streamPos) {
 	defer c.Close()
 	sub, err := e.push.Subscribe(user)
 	if err != nil {
@@ -116,7 +118,7 @@ func (e *edge) serveWS(c *websocket.Conn, user string, known bool, last uint64) 
 	if known {
 		ent, _ = e.replica.Get(user)
 	}
-	first, version := e.answer(ent)
+	first, version, rs := e.answer(ent)
 
 	heartbeat := e.cfg.StreamHeartbeat
 	readWait := 2*heartbeat + wsWriteWait
@@ -137,18 +139,15 @@ func (e *edge) serveWS(c *websocket.Conn, user string, known bool, last uint64) 
 		_ = c.SetWriteDeadline(time.Now().Add(wsWriteWait))
 		return c.WriteMessage(websocket.TextMessage, data) == nil
 	}
-	if s, ok := sendFirst(last, version); ok {
-		if !write(first) {
-			return
-		}
-		last = s
+	if sendFirst(&pos, version, rs) && !write(first) {
+		return
 	}
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
 	for {
 		select {
 		case m := <-sub.C():
-			if !newer(m, &last) {
+			if !newer(m, &pos) {
 				continue
 			}
 			if !write(m.Data) {
@@ -171,36 +170,67 @@ func closeWS(c *websocket.Conn, code int, reason string) {
 	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 }
 
-// sendFirst says whether a stream opened by a client that last saw version last starts with the
-// current state (of version cur), and the id to remember once it is sent.
-func sendFirst(last, cur uint64) (uint64, bool) {
-	if last == 0 || cur > last {
-		return cur, true
-	}
-	return last, false
+// streamPos is what a stream's client has: the user's version and the edge's ruleset version of
+// the last state it was sent. The event id is "version.ruleset"; a bare "version" (rulesetKnown
+// false) is accepted too.
+type streamPos struct {
+	version, ruleset uint64
+	rulesetKnown     bool
 }
 
-// newer says whether m is to be sent to a stream whose last sent id is *last, and advances it.
-// Messages of version 0 (a user without any state yet) always go.
-func newer(m push.Message, last *uint64) bool {
-	if m.ID != 0 && m.ID <= *last {
+// id appends the event id of a state of version v made with ruleset rs.
+func appendID(b []byte, v, rs uint64) []byte {
+	b = strconv.AppendUint(b, v, 10)
+	b = append(b, '.')
+	return strconv.AppendUint(b, rs, 10)
+}
+
+// parseID parses an event id ("version.ruleset" or "version"); the zero position when absent or
+// malformed (the client then gets the current state).
+func parseID(b []byte) streamPos {
+	v, r, dot := strings.Cut(string(b), ".")
+	version, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return streamPos{}
+	}
+	if !dot {
+		return streamPos{version: version}
+	}
+	rs, err := strconv.ParseUint(r, 10, 64)
+	if err != nil {
+		return streamPos{version: version}
+	}
+	return streamPos{version: version, ruleset: rs, rulesetKnown: true}
+}
+
+// sendFirst says whether a stream opened by a client at pos starts with the current state
+// (version v, ruleset rs): when the client has nothing, an older version, or the state of
+// another ruleset. It moves pos to the state sent.
+func sendFirst(pos *streamPos, v, rs uint64) bool {
+	if pos.version == 0 || v > pos.version || (pos.rulesetKnown && rs != pos.ruleset) {
+		*pos = streamPos{version: v, ruleset: rs, rulesetKnown: true}
+		return true
+	}
+	return false
+}
+
+// newer says whether m is to be sent to a stream at pos, and moves pos to it: a newer version of
+// the user, the same version under another ruleset, or a user without any state yet (version 0).
+func newer(m push.Message, pos *streamPos) bool {
+	if m.ID != 0 && (m.ID < pos.version || (m.ID == pos.version && pos.rulesetKnown && m.Ruleset == pos.ruleset)) {
 		return false
 	}
-	*last = m.ID
+	*pos = streamPos{version: m.ID, ruleset: m.Ruleset, rulesetKnown: true}
 	return true
 }
 
-// lastEventID is the id a reconnecting client last saw: the Last-Event-ID header (EventSource
-// sends it by itself) or the last_event_id query argument (for clients that cannot set headers,
-// such as a browser's WebSocket). 0 when absent or malformed.
-func lastEventID(ctx *fasthttp.RequestCtx) uint64 {
+// lastEventID is where a reconnecting client is: the Last-Event-ID header (EventSource sends
+// it by itself) or the last_event_id query argument (for clients that cannot set headers, such
+// as a browser's WebSocket).
+func lastEventID(ctx *fasthttp.RequestCtx) streamPos {
 	b := peekFold(&ctx.Request.Header, "Last-Event-ID")
 	if len(b) == 0 {
 		b = ctx.QueryArgs().Peek("last_event_id")
 	}
-	n, err := fasthttp.ParseUint(b)
-	if err != nil || n < 0 {
-		return 0
-	}
-	return uint64(n)
+	return parseID(b)
 }

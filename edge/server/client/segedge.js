@@ -7,7 +7,7 @@
  */
 (function (w, d) {
   "use strict";
-  var state = { segments: null, version: -1 };
+  var state = { segments: null, version: -1, ruleset: -1 };
   var seq = 0;
 
   function refreshSlots() {
@@ -23,10 +23,11 @@
   }
 
   function apply(msg) {
-    if (msg.version === state.version && state.segments !== null) return;
+    if (msg.version === state.version && msg.ruleset === state.ruleset && state.segments !== null) return;
     var first = state.segments === null;
     state.segments = msg.segments || [];
     state.version = msg.version;
+    state.ruleset = msg.ruleset; // a new ruleset may change the slots' variants for the same segments
     if (!first) refreshSlots();
     d.dispatchEvent(new CustomEvent("segedge:change", { detail: { segments: state.segments, ruleset: msg.ruleset, version: msg.version } }));
   }
