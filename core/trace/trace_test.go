@@ -169,12 +169,14 @@ func TestSetupExportsOTLPHTTP(t *testing.T) {
 	defer srv.Close()
 
 	for _, tc := range []struct {
-		name, endpoint, path string
+		name, endpoint, env, path string
 	}{
-		{"base URL gets /v1/traces", srv.URL, "/v1/traces"},
-		{"full URL kept", srv.URL + "/custom/traces", "/custom/traces"},
+		{"base URL gets /v1/traces", srv.URL, "", "/v1/traces"},
+		{"full URL kept", srv.URL + "/custom/traces", "", "/custom/traces"},
+		{"standard OTEL_EXPORTER_OTLP_ENDPOINT", "", srv.URL, "/v1/traces"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tc.env)
 			mu.Lock()
 			got, paths = nil, nil
 			mu.Unlock()
