@@ -183,6 +183,9 @@ func run(o options) error {
 		}
 	}
 	cancel()
+	slices.Sort(lat)
+	fmt.Printf("event → subscriber over %d of %d events: p50 %s, p99 %s, max %s (send errors %d, broken streams %d, messages to visitors without an event %d)\n",
+		len(lat), o.events, q(lat, 0.50), q(lat, 0.99), q(lat, 1), sendErrs.Load(), broken.Load(), strays)
 	for _, k := range []string{"origin ingest→delta", "event→edge replica"} {
 		url, name := o.origin+"/metrics", "segedge_origin_ingest_to_delta_seconds"
 		if k == "event→edge replica" {
@@ -192,9 +195,6 @@ func run(o options) error {
 		fmt.Printf("  of which %s (from the accepted_at the origin stamps; its own histogram, interpolated in buckets): p50 %s, p99 %s over %d\n",
 			k, d.quantile(0.5), d.quantile(0.99), int(d.count()))
 	}
-	slices.Sort(lat)
-	fmt.Printf("event → subscriber over %d of %d events: p50 %s, p99 %s, max %s (send errors %d, broken streams %d, messages to visitors without an event %d)\n",
-		len(lat), o.events, q(lat, 0.50), q(lat, 0.99), q(lat, 1), sendErrs.Load(), broken.Load(), strays)
 	if len(lat) < o.events || sendErrs.Load() > 0 || broken.Load() > 0 || strays > 0 {
 		return errors.New("not every event reached exactly its own subscriber")
 	}
