@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"strconv"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/segedge/segedge/core/ops"
 )
 
 // hopByHop are the headers that describe one connection, not the message (RFC 9110 §7.6.1),
@@ -45,4 +48,14 @@ func stripHopByHop(h *fasthttp.ResponseHeader) {
 	for _, name := range hopByHop {
 		h.Del(name)
 	}
+}
+
+// RequestID names ctx's request in log lines: the caller's X-Request-Id when it sent a valid one
+// (core/ops.ValidRequestID), otherwise "edge-" and the server's own number for the request. It is
+// computed only for a log line, never on the way of a request that logs nothing.
+func RequestID(ctx *fasthttp.RequestCtx) string {
+	if id := string(ctx.Request.Header.Peek(ops.RequestIDHeader)); ops.ValidRequestID(id) {
+		return id
+	}
+	return "edge-" + strconv.FormatUint(ctx.ID(), 16)
 }

@@ -204,7 +204,7 @@ func (p *Proxy) upstreamFailed(ctx *fasthttp.RequestCtx, err error) {
 	if isTimeout(err) {
 		code, body = fasthttp.StatusGatewayTimeout, "gateway timeout: upstream did not answer in time\n"
 	}
-	p.log.Warn("upstream request failed", "method", string(ctx.Method()), "status", code, "err", err)
+	p.log.Warn("upstream request failed", "request_id", RequestID(ctx), "method", string(ctx.Method()), "status", code, "err", err)
 	p.fail(ctx, code, body)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/edge/identity"
+	"github.com/segedge/segedge/edge/proxy"
 	"github.com/segedge/segedge/edge/replica"
 )
 
@@ -199,7 +200,7 @@ func (x *explainer) serve(e *edge, ctx *fasthttp.RequestCtx) {
 			}
 			ans.Disagreement = "reference evaluator (cel-go) says " + ex.Result + ", compiled module says " + module
 			x.disagreements.Inc()
-			e.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(ans.UserID),
+			e.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(ans.UserID), "request_id", proxy.RequestID(ctx),
 				slog.String("segment", seg), slog.Uint64("ruleset", rs.version),
 				slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
 		}

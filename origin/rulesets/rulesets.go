@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/profile"
 	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/core/rulestore"
@@ -471,7 +472,7 @@ func (m *Manager) dryRun(w http.ResponseWriter, r *http.Request) {
 			res, err = m.compiler.Sample(r.Context(), c, profiles)
 		}
 		if err != nil {
-			m.log.Warn("dry run: sampling failed", "err", err)
+			m.log.Warn("dry run: sampling failed", ops.RequestAttr(r.Context()), "err", err)
 			ans["sample_error"] = err.Error()
 		} else {
 			ans["sample"] = res

@@ -154,7 +154,7 @@ func (x *explainer) serve(w http.ResponseWriter, r *http.Request) {
 		if !agree {
 			ans.Disagreement = disagreement(ex.Result, ans.Module.Member, ans.Module.Error)
 			x.disagreements.Inc()
-			o.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(id),
+			o.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(id), ops.RequestAttr(r.Context()),
 				slog.String("segment", seg), slog.Uint64("ruleset", rs.Version()),
 				slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/purge"
 )
 
@@ -35,6 +36,6 @@ func (o *origin) postInvalidate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, "purge not stored: "+err.Error())
 		return
 	}
-	o.log.Info("purge published", "id", req.ID, "urls", len(req.URLs), "prefixes", len(req.Prefixes), "tags", len(req.Tags))
+	o.log.Info("purge published", ops.RequestAttr(r.Context()), "id", req.ID, "urls", len(req.URLs), "prefixes", len(req.Prefixes), "tags", len(req.Tags))
 	writeJSON(w, http.StatusAccepted, map[string]any{"id": req.ID, "urls": len(req.URLs), "prefixes": len(req.Prefixes), "tags": len(req.Tags)})
 }

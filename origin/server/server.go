@@ -197,7 +197,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	s.routes(mux)
 
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           ops.WithRequestID(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
