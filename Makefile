@@ -4,7 +4,7 @@ GO       ?= go
 BIN      := bin
 PROGRAMS := origin edge demosite
 
-.PHONY: all build run test vet bench bench-edge bench-origin clean
+.PHONY: all build run test vet bench bench-edge bench-origin bench-rulesets bench-sse bench-all clean
 
 all: build
 
@@ -34,6 +34,16 @@ bench-edge: build
 
 bench-origin: build
 	scripts/bench-origin.sh
+
+bench-rulesets: build
+	scripts/bench-rulesets.sh
+
+bench-sse: build
+	scripts/bench-sse.sh
+
+# Every benchmark: the Go ones, then the HTTP and process scripts (each prints its table and
+# appends it to docs/bench/).
+bench-all: bench bench-edge bench-origin bench-rulesets bench-sse
 
 clean:
 	rm -rf $(BIN)
