@@ -60,6 +60,40 @@ func (e *Explanation) Agrees(member, isErr bool) bool {
 	}
 }
 
+// ModuleAnswer is what the compiled module said about the explained segment.
+type ModuleAnswer struct {
+	Member bool   `json:"member"`
+	Error  bool   `json:"error"`
+	Failed string `json:"failed,omitempty"` // the evaluation failed as a whole (fail closed)
+}
+
+// Verdict compares the explanation with the module's answer. agree is nil when there is nothing
+// to compare (a segment of a hand-written module, which cel-go cannot run); disagreement says, in
+// words, how the two differ ("" when they agree).
+func (e *Explanation) Verdict(m ModuleAnswer) (agree *bool, disagreement string) {
+	switch {
+	case e.Note != "":
+		return nil, ""
+	case m.Failed != "":
+		f := false
+		return &f, "the compiled module failed: " + m.Failed
+	}
+	ok := e.Agrees(m.Member, m.Error)
+	if ok {
+		return &ok, ""
+	}
+	module := "false"
+	switch {
+	case m.Member && m.Error:
+		module = "member with an error bit (invalid)"
+	case m.Member:
+		module = "true"
+	case m.Error:
+		module = "error"
+	}
+	return &ok, "reference evaluator (cel-go) says " + e.Result + ", compiled module says " + module
+}
+
 // ExplainSegment explains one segment for a user's profile and a request (nil: no request, as
 // at the origin). now must be the time the compared module evaluation used.
 func (r *Reference) ExplainSegment(name string, prof FeatureSource, req RequestSource, now time.Time) (*Explanation, error) {

@@ -79,12 +79,6 @@ func (r explainRequest) Query(name string) (string, bool) {
 	return v[0], true
 }
 
-type edgeModuleAnswer struct {
-	Member bool   `json:"member"`
-	Error  bool   `json:"error"`
-	Failed string `json:"failed,omitempty"`
-}
-
 type edgeExplainAnswer struct {
 	UserID   string    `json:"user_id,omitempty"`
 	UserFrom string    `json:"user_from"` // cookie, user_id or anonymous
@@ -99,9 +93,9 @@ type edgeExplainAnswer struct {
 		Bucket  int    `json:"bucket"`
 	} `json:"request"`
 	*rules.Explanation
-	Module       edgeModuleAnswer `json:"module"`
-	Agree        *bool            `json:"agree,omitempty"`
-	Disagreement string           `json:"disagreement,omitempty"`
+	Module       rules.ModuleAnswer `json:"module"`
+	Agree        *bool              `json:"agree,omitempty"`
+	Disagreement string             `json:"disagreement,omitempty"`
 }
 
 func (x *explainer) serve(e *edge, ctx *fasthttp.RequestCtx) {
@@ -181,29 +175,12 @@ func (x *explainer) serve(e *edge, ctx *fasthttp.RequestCtx) {
 	} else {
 		ans.Module.Member, ans.Module.Error = res.IsMember(bit), res.IsError(bit)
 	}
-	switch {
-	case ex.Note != "": // a hand-written module's segment: nothing to compare with
-	case ans.Module.Failed != "":
-		f := false
-		ans.Agree = &f
-		ans.Disagreement = "the compiled module failed: " + ans.Module.Failed
-	default:
-		agree := ex.Agrees(ans.Module.Member, ans.Module.Error)
-		ans.Agree = &agree
-		if !agree {
-			module := "false"
-			switch {
-			case ans.Module.Member:
-				module = "true"
-			case ans.Module.Error:
-				module = "error"
-			}
-			ans.Disagreement = "reference evaluator (cel-go) says " + ex.Result + ", compiled module says " + module
-			x.disagreements.Inc()
-			e.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(ans.UserID), "request_id", proxy.RequestID(ctx),
-				slog.String("segment", seg), slog.Uint64("ruleset", rs.version),
-				slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
-		}
+	ans.Agree, ans.Disagreement = ex.Verdict(ans.Module)
+	if ans.Agree != nil && !*ans.Agree && ans.Module.Failed == "" {
+		x.disagreements.Inc()
+		e.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(ans.UserID), "request_id", proxy.RequestID(ctx),
+			slog.String("segment", seg), slog.Uint64("ruleset", rs.version),
+			slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
 	}
 	explainJSON(ctx, fasthttp.StatusOK, ans)
 }

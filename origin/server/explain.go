@@ -49,19 +49,13 @@ type explainedRuleset interface {
 var _ explainedRuleset = (*rulesets.Version)(nil)
 
 // moduleAnswer is the compiled module's result for the segment.
-type moduleAnswer struct {
-	Member bool   `json:"member"`
-	Error  bool   `json:"error"`
-	Failed string `json:"failed,omitempty"` // the evaluation failed as a whole (fail closed)
-}
-
 // explainAnswer is the JSON of an explanation.
 type explainAnswer struct {
 	UserID  string    `json:"user_id"`
 	Ruleset uint64    `json:"ruleset"`
 	At      time.Time `json:"at"` // the evaluation time both evaluators used
 	*rules.Explanation
-	Module moduleAnswer `json:"module"`
+	Module rules.ModuleAnswer `json:"module"`
 	// Agree: the reference evaluator and the module gave the same result (absent when the
 	// segment is computed by a hand-written module, which cel-go cannot run).
 	Agree        *bool  `json:"agree,omitempty"`
@@ -142,22 +136,12 @@ func (x *explainer) serve(w http.ResponseWriter, r *http.Request) {
 	} else {
 		ans.Module.Member, ans.Module.Error = res.IsMember(bit), res.IsError(bit)
 	}
-	switch {
-	case ex.Note != "": // a hand-written module's segment: nothing to compare with
-	case ans.Module.Failed != "":
-		f := false
-		ans.Agree = &f
-		ans.Disagreement = "the compiled module failed: " + ans.Module.Failed
-	default:
-		agree := ex.Agrees(ans.Module.Member, ans.Module.Error)
-		ans.Agree = &agree
-		if !agree {
-			ans.Disagreement = disagreement(ex.Result, ans.Module.Member, ans.Module.Error)
-			x.disagreements.Inc()
-			o.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(id), ops.RequestAttr(r.Context()),
-				slog.String("segment", seg), slog.Uint64("ruleset", rs.Version()),
-				slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
-		}
+	ans.Agree, ans.Disagreement = ex.Verdict(ans.Module)
+	if ans.Agree != nil && !*ans.Agree && ans.Module.Failed == "" {
+		x.disagreements.Inc()
+		o.log.Error("explain: reference evaluator and compiled module disagree", ops.UserAttr(id), ops.RequestAttr(r.Context()),
+			slog.String("segment", seg), slog.Uint64("ruleset", rs.Version()),
+			slog.String("reference", ex.Result), slog.Bool("module_member", ans.Module.Member), slog.Bool("module_error", ans.Module.Error))
 	}
 	if rec, err := o.members.Get(r.Context(), id); err == nil {
 		ans.Stored.Member, ans.Stored.Version = slices.Contains(rec.Members, seg), rec.Version
@@ -170,15 +154,3 @@ func (x *explainer) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // disagreement says how the two evaluators differ.
-func disagreement(reference string, member, isErr bool) string {
-	module := "false"
-	switch {
-	case member && isErr:
-		module = "member with an error bit (invalid)"
-	case member:
-		module = "true"
-	case isErr:
-		module = "error"
-	}
-	return "reference evaluator (cel-go) says " + reference + ", compiled module says " + module
-}
