@@ -168,16 +168,7 @@ func TestBrowserSwapsSlotInPlaceAndCatchesUpAfterCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2 := strings.Replace(string(src), "fragment: /fragments/vip-hero.html", "html: 'VIP hero, ruleset 2'", 1)
-	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(v2))
-	req.Header.Set("Authorization", "Bearer admin-secret")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT ruleset 2: %d", res.StatusCode)
-	}
+	putRulesText(t, sys, v2)
 	took = waitJS(t, tctx, hero+` === "VIP hero, ruleset 2"`, 10*time.Second)
 	t.Logf("ruleset upload to swapped slot: %s", took)
 	if !jsBool(t, tctx, `window.segedgeMarker === 42`) {

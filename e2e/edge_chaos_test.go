@@ -104,23 +104,14 @@ func TestEdgeReplicaRidesOutNATSOutageAndRestart(t *testing.T) {
 	o := newChaosOrigin(t, "")
 	o.start(t)
 	// Segments over the events the sender sends, so every event changes what edges know.
-	req, _ := http.NewRequest("PUT", o.url()+"/v1/rulesets", strings.NewReader(`segments:
+	pushRuleset(t, o.url(), chaosAdminToken, `segments:
   - name: browser
     rule: count("page_view", "1h") >= 3
   - name: shopper
     rule: count("add_to_cart", "1h") > 0 && count("purchase_completed", "1h") == 0
   - name: buyer
     rule: count("purchase_completed", "1h") > 0
-`))
-	req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT /v1/rulesets: %d", res.StatusCode)
-	}
+`)
 	natsURL := strings.TrimPrefix(o.nats.URL, "nats://")
 	cut := newTCPProxy(t, natsURL)
 	edgeAddr, opsAddr := freeAddr(t), freeAddr(t)

@@ -91,10 +91,12 @@ slots:
         fragment: /fragments/hero.html
 `
 
-func putRulesText(t *testing.T, sys *system, src string) {
+// pushRuleset uploads a rules file to the origin with the admin token and fails the test unless
+// it is stored (201).
+func pushRuleset(t *testing.T, originURL, adminToken, src string) {
 	t.Helper()
-	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(src))
-	req.Header.Set("Authorization", "Bearer admin-secret")
+	req, _ := http.NewRequest("PUT", originURL+"/v1/rulesets", strings.NewReader(src))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -104,6 +106,11 @@ func putRulesText(t *testing.T, sys *system, src string) {
 	if res.StatusCode != 201 {
 		t.Fatalf("PUT /v1/rulesets: %d %s", res.StatusCode, b)
 	}
+}
+
+func putRulesText(t *testing.T, sys *system, src string) {
+	t.Helper()
+	pushRuleset(t, sys.originURL, "admin-secret", src)
 }
 
 func waitRuleset(t *testing.T, url, version string) {

@@ -646,17 +646,7 @@ const chaosRules = `segments:
 // putChaosRules uploads chaosRules and waits until the origin evaluates with it.
 func putChaosRules(t *testing.T, o *chaosOrigin) {
 	t.Helper()
-	req, _ := http.NewRequest("PUT", o.url()+"/v1/rulesets", strings.NewReader(chaosRules))
-	req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT /v1/rulesets: %d %s", res.StatusCode, b)
-	}
+	pushRuleset(t, o.url(), chaosAdminToken, chaosRules)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		req, _ := http.NewRequest("GET", o.url()+"/v1/segments", nil)

@@ -31,16 +31,7 @@ func putRules(t *testing.T, sys *system, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(string(src)))
-	req.Header.Set("Authorization", "Bearer admin-secret")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT /v1/rulesets: %d", res.StatusCode)
-	}
+	putRulesText(t, sys, string(src))
 }
 
 func TestAnEventChangesWhatThatVisitorSeesAndOnlyThem(t *testing.T) {

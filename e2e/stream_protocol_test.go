@@ -422,16 +422,7 @@ func TestSegmentStreamsFollowRulesetChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2 := strings.Replace(string(src), "Finish your order", "Finish your order today", 1)
-	req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(v2))
-	req.Header.Set("Authorization", "Bearer admin-secret")
-	res, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT ruleset 2: %d", res.StatusCode)
-	}
+	putRulesText(t, sys, v2)
 	for kind, s := range open {
 		if m := s.next(t, 10*time.Second); m.id != "1.2" || m.Ruleset != 2 || !hasSegment(m.Segments, "cart_abandoner") {
 			t.Fatalf("%s after ruleset 2: %+v, want the same state under ruleset 2 (id 1.2)", kind, m)

@@ -100,17 +100,7 @@ triggers:
     on: enter("cart_abandoner")
     webhook: %[1]s/fail
 `, recv.srv.URL)
-	req, _ := http.NewRequest("PUT", o.url()+"/v1/rulesets", strings.NewReader(rulesSrc))
-	req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != 201 {
-		t.Fatalf("PUT /v1/rulesets: %d %s", res.StatusCode, b)
-	}
+	pushRuleset(t, o.url(), chaosAdminToken, rulesSrc)
 	// GET /v1/segments lists the active ruleset's segments.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
