@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"compress/gzip"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -106,6 +107,48 @@ func pushRuleset(t *testing.T, originURL, adminToken, src string) {
 	if res.StatusCode != 201 {
 		t.Fatalf("PUT /v1/rulesets: %d %s", res.StatusCode, b)
 	}
+}
+
+// waitSegmentListed waits until the origin's GET /v1/segments (the active ruleset's segments)
+// names segment: the ruleset is live in the origin's engine.
+func waitSegmentListed(t *testing.T, originURL, adminToken, segment string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", originURL+"/v1/segments", nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		if res, err := http.DefaultClient.Do(req); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 && strings.Contains(string(b), segment) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s never listed by the origin: its ruleset did not become active", segment)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rulesetHistory is the origin's GET /v1/rulesets: the current version and how many are stored.
+func rulesetHistory(t *testing.T, sys *system) (current uint64, versions int) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", sys.originURL+"/v1/rulesets", nil)
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var list struct {
+		Current  uint64            `json:"current"`
+		Versions []json.RawMessage `json:"versions"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
+		t.Fatalf("GET /v1/rulesets: %v", err)
+	}
+	return list.Current, len(list.Versions)
 }
 
 func putRulesText(t *testing.T, sys *system, src string) {

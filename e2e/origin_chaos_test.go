@@ -647,22 +647,7 @@ const chaosRules = `segments:
 func putChaosRules(t *testing.T, o *chaosOrigin) {
 	t.Helper()
 	pushRuleset(t, o.url(), chaosAdminToken, chaosRules)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		req, _ := http.NewRequest("GET", o.url()+"/v1/segments", nil)
-		req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
-		if res, err := http.DefaultClient.Do(req); err == nil {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if res.StatusCode == 200 && strings.Contains(string(b), "carted") {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the chaos ruleset never became active")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitSegmentListed(t, o.url(), chaosAdminToken, "carted")
 }
 
 // checkDeltaVersions reads the whole DELTAS stream and checks that each user's deltas carry

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -87,20 +86,8 @@ func TestRulesetWithHandWrittenModuleReachesTheEdge(t *testing.T) {
 	if code, out := rulesCLI(t, sys, "dry-run", good); code != 0 || !strings.Contains(out, `"needs_request"`) {
 		t.Fatalf("dry-run: exit %d\n%s", code, out)
 	}
-	req, _ := http.NewRequest("GET", sys.originURL+"/v1/rulesets", nil)
-	req.Header.Set("Authorization", "Bearer admin-secret")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var list struct {
-		Current  uint64            `json:"current"`
-		Versions []json.RawMessage `json:"versions"`
-	}
-	json.NewDecoder(res.Body).Decode(&list)
-	res.Body.Close()
-	if list.Current != 0 || len(list.Versions) != 0 {
-		t.Fatalf("after a refused push and a dry run: current %d, %d versions; want none", list.Current, len(list.Versions))
+	if cur, n := rulesetHistory(t, sys); cur != 0 || n != 0 {
+		t.Fatalf("after a refused push and a dry run: current %d, %d versions; want none", cur, n)
 	}
 
 	t0 := time.Now()

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
@@ -60,19 +59,7 @@ func TestBadRulesetUploadsAreRefusedPreciselyAndChangeNothing(t *testing.T) {
 	if code, _ := put(good, `"7"`); code != 412 {
 		t.Errorf("stale If-Match: %d, want 412", code)
 	}
-	req, _ := http.NewRequest("GET", sys.originURL+"/v1/rulesets", nil)
-	req.Header.Set("Authorization", "Bearer admin-secret")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var list struct {
-		Current  uint64            `json:"current"`
-		Versions []json.RawMessage `json:"versions"`
-	}
-	json.NewDecoder(res.Body).Decode(&list)
-	res.Body.Close()
-	if list.Current != 1 || len(list.Versions) != 1 {
-		t.Fatalf("after the refusals: current %d, %d versions; want 1 and 1", list.Current, len(list.Versions))
+	if cur, n := rulesetHistory(t, sys); cur != 1 || n != 1 {
+		t.Fatalf("after the refusals: current %d, %d versions; want 1 and 1", cur, n)
 	}
 }

@@ -101,23 +101,7 @@ triggers:
     webhook: %[1]s/fail
 `, recv.srv.URL)
 	pushRuleset(t, o.url(), chaosAdminToken, rulesSrc)
-	// GET /v1/segments lists the active ruleset's segments.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		req, _ := http.NewRequest("GET", o.url()+"/v1/segments", nil)
-		req.Header.Set("Authorization", "Bearer "+chaosAdminToken)
-		if res, err := http.DefaultClient.Do(req); err == nil {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if res.StatusCode == 200 && strings.Contains(string(b), "cart_abandoner") {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("ruleset never became active")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitSegmentListed(t, o.url(), chaosAdminToken, "cart_abandoner")
 
 	user := o.nats.Topology.Prefix + "hook-user"
 	post := func(i int, typ string) {
@@ -144,7 +128,7 @@ triggers:
 	var ok []*trigger.Event
 	var ids []string
 	var badSig, failures int
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ok, ids, badSig, failures = recv.state()
 		dead := counter(o.url(), `segedge_origin_webhook_deliveries_total{result="dead_letter"}`)
