@@ -110,6 +110,10 @@ type Manager struct {
 
 	mu     sync.Mutex
 	active Loaded
+	// swapped is closed (and replaced) after each version becomes active here, onSwap included:
+	// put and activate wait on it so that their answer means "this origin evaluates new events
+	// with it" (an event sent right after the answer must not be applied under the old spec).
+	swapped chan struct{}
 
 	swaps   *prometheus.CounterVec
 	version prometheus.Gauge
@@ -120,7 +124,7 @@ type Manager struct {
 // the previous one is closed).
 func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg prometheus.Registerer, onSwap func(l Loaded, source []byte)) *Manager {
 	m := &Manager{
-		store: store, compiler: c, log: log, onSwap: onSwap,
+		store: store, compiler: c, log: log, onSwap: onSwap, swapped: make(chan struct{}),
 		swaps:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_ruleset_loads_total", Help: "Ruleset versions loaded, by result (ok, error)."}, []string{"result"}),
 		version: prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_origin_ruleset_version", Help: "The ruleset version this origin evaluates."}),
 		swapLat: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ruleset_swap_seconds", Help: "From a new current pointer seen to the version active.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -184,11 +188,40 @@ func (m *Manager) load(ctx context.Context, version uint64) error {
 	if m.onSwap != nil {
 		m.onSwap(l, v.Source)
 	}
+	m.mu.Lock()
+	close(m.swapped)
+	m.swapped = make(chan struct{})
+	m.mu.Unlock()
 	if old != nil {
 		old.Close()
 	}
 	m.log.Info("ruleset active", "version", version, "segments", len(l.SegmentNames()))
 	return nil
+}
+
+// ActivateWait bounds how long put and activate wait for the stored version to be active on
+// this origin before answering anyway (with "live": false).
+const ActivateWait = 5 * time.Second
+
+// awaitActive waits until version is the active one here (the watch loads it), ctx is done or
+// ActivateWait passes; it reports whether the version is active.
+func (m *Manager) awaitActive(ctx context.Context, version uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, ActivateWait)
+	defer cancel()
+	for {
+		m.mu.Lock()
+		live := m.active != nil && m.active.Version() == version
+		ch := m.swapped
+		m.mu.Unlock()
+		if live {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // Routes mounts the API on mux; admin wraps handlers with the admin token check.
@@ -368,8 +401,9 @@ func (m *Manager) put(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "store ruleset: " + err.Error()})
 		return
 	}
+	live := m.awaitActive(r.Context(), meta.Version)
 	w.Header().Set("ETag", `"`+strconv.FormatUint(meta.Version, 10)+`"`)
-	writeJSON(w, http.StatusCreated, map[string]any{"version": meta.Version, "meta": meta, "segments": c.Segments, "tests": c.Tests})
+	writeJSON(w, http.StatusCreated, map[string]any{"version": meta.Version, "meta": meta, "segments": c.Segments, "tests": c.Tests, "live": live})
 }
 
 func (m *Manager) list(w http.ResponseWriter, r *http.Request) {
@@ -439,8 +473,9 @@ func (m *Manager) activate(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
 	default:
+		live := m.awaitActive(r.Context(), meta.Version)
 		w.Header().Set("ETag", `"`+strconv.FormatUint(meta.Version, 10)+`"`)
-		writeJSON(w, http.StatusOK, map[string]any{"current": meta.Version, "meta": meta})
+		writeJSON(w, http.StatusOK, map[string]any{"current": meta.Version, "meta": meta, "live": live})
 	}
 }
 

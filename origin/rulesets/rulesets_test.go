@@ -321,3 +321,32 @@ func TestDryRunCountsSampledProfiles(t *testing.T) {
 func promoTest() *rules.TestDef {
 	return &rules.TestDef{Request: &rules.TestRequest{Path: "/a/b/c", Query: map[string]string{"promo": "79927398713"}}}
 }
+
+// A 201 (or an activate's 200) is answered once this origin evaluates with the version, so a
+// backend that uploads a ruleset and then sends events has them applied under it (before, an
+// event racing the KV watch was applied with the old spec and its new counters were lost).
+func TestPutAndActivateAnswerOnceTheVersionIsActiveHere(t *testing.T) {
+	e := newAPI(t)
+	active := func() uint64 {
+		if a := e.mgr.Active(); a != nil {
+			return a.Version()
+		}
+		return 0
+	}
+	for i, src := range []string{
+		"segments:\n  - name: a\n    rule: count(\"x\", \"30m\") > 0\n",
+		"segments:\n  - name: b\n    rule: count(\"y\", \"1h\") > 1\n",
+	} {
+		code, out := e.do("PUT", "/v1/rulesets", []byte(src), "application/yaml")
+		if code != http.StatusCreated {
+			t.Fatalf("PUT %d: %d %v", i, code, out)
+		}
+		if out["live"] != true || active() != uint64(out["version"].(float64)) {
+			t.Fatalf("PUT answered with live=%v, version %v, while version %d is active", out["live"], out["version"], active())
+		}
+	}
+	code, out := e.do("POST", "/v1/rulesets/1/activate", nil, "")
+	if code != http.StatusOK || out["live"] != true || active() != 1 {
+		t.Fatalf("rollback answered %d %v while version %d is active", code, out, active())
+	}
+}
