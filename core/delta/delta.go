@@ -48,6 +48,10 @@ type Delta struct {
 	AcceptedAt int64 `json:"accepted_at,omitempty"`
 	// Due is, for an expiry delta, when the change was due (Unix ms).
 	Due int64 `json:"due,omitempty"`
+	// TraceParent is the W3C traceparent of the origin's delta.publish span, set only when
+	// tracing is on, so each edge's replica.apply continues the trace of the event that caused
+	// this delta even though many deltas share one message (and its headers).
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 // FeatureValue is one feature's value at the time of the delta. On the wire it carries its kind
@@ -89,7 +93,9 @@ func (f FeatureValue) MarshalJSON() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON implements json.Unmarshaler.
+// UnmarshalJSON implements json.Unmarshaler. Numbers and booleans are parsed from the raw value
+// directly (an edge decodes every delta's features; a second json.Unmarshal per value cost more
+// than the rest of the feature).
 func (f *FeatureValue) UnmarshalJSON(b []byte) error {
 	var w wireFeature
 	if err := json.Unmarshal(b, &w); err != nil {
@@ -99,16 +105,21 @@ func (f *FeatureValue) UnmarshalJSON(b []byte) error {
 	var err error
 	switch w.T {
 	case "b":
-		var v bool
-		err = json.Unmarshal(w.V, &v)
-		f.Value = profile.BoolValue(v)
+		switch string(w.V) {
+		case "true":
+			f.Value = profile.BoolValue(true)
+		case "false":
+			f.Value = profile.BoolValue(false)
+		default:
+			err = fmt.Errorf("%.20q is not a bool", w.V)
+		}
 	case "i":
 		var v int64
-		err = json.Unmarshal(w.V, &v)
+		v, err = strconv.ParseInt(string(w.V), 10, 64)
 		f.Value = profile.IntValue(v)
 	case "d":
 		var v float64
-		err = json.Unmarshal(w.V, &v)
+		v, err = parseJSONFloat(w.V)
 		f.Value = profile.DoubleValue(v)
 	case "s":
 		var v string
@@ -121,6 +132,20 @@ func (f *FeatureValue) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("feature %s: %w", w.K, err)
 	}
 	return nil
+}
+
+// parseJSONFloat parses a JSON number (the outer decoder checked the syntax of the raw value, so
+// only a number, a string or a literal can get here; the last two fail ParseFloat, as do
+// ParseFloat's own extras like "Inf", which are not JSON).
+func parseJSONFloat(raw []byte) (float64, error) {
+	if len(raw) == 0 || !(raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
+		return 0, fmt.Errorf("%.20q is not a number", raw)
+	}
+	v, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil {
+		return 0, fmt.Errorf("%.20q is not a finite number", raw)
+	}
+	return v, nil
 }
 
 // FeatureKey names a feature on the wire: "trait:plan", "count:add_to_cart:30m0s",
@@ -169,22 +194,38 @@ func ParseFeatureKey(k string) (profile.Feature, error) {
 	return profile.Feature{}, bad
 }
 
-// Encode returns the message body.
-func Encode(d *Delta) ([]byte, error) { return json.Marshal(d) }
+// Encode returns the body of a message holding only d (format 0, what origins published before
+// batches; see EncodeBatch).
+func Encode(d *Delta) ([]byte, error) {
+	b, err := appendDelta(make([]byte, 0, 256), d)
+	if err != nil {
+		return nil, fmt.Errorf("encode delta: %w", err)
+	}
+	return b, nil
+}
 
-// Decode parses a message body and checks the fields an edge relies on.
+// Decode parses a format-0 message body (one delta) and checks the fields an edge relies on.
+// DecodeBatch reads both formats.
 func Decode(b []byte) (*Delta, error) {
 	var d Delta
 	if err := json.Unmarshal(b, &d); err != nil {
 		return nil, fmt.Errorf("decode delta: %w", err)
 	}
-	if d.UserID == "" {
-		return nil, errors.New("decode delta: no user_id")
-	}
-	if d.Version == 0 {
-		return nil, fmt.Errorf("decode delta for a user: version 0")
+	if err := d.check(); err != nil {
+		return nil, fmt.Errorf("decode delta: %w", err)
 	}
 	return &d, nil
+}
+
+// check validates what an edge relies on.
+func (d *Delta) check() error {
+	if d.UserID == "" {
+		return errors.New("no user_id")
+	}
+	if d.Version == 0 {
+		return errors.New("version 0")
+	}
+	return nil
 }
 
 // MsgID is the JetStream message id of a delta, so a republish after a crash is dropped by
