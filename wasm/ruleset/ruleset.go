@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segedge/segedge/core/rules"
@@ -16,11 +17,17 @@ import (
 
 // Evaluator evaluates one compiled ruleset: its generated module and, if the rules file has a
 // modules section, its hand-written modules. It is safe for concurrent use.
+//
+// A hand-written module that keeps failing is quarantined (see Quarantine): it is no longer
+// run, and Quarantined() tells the host, which may fall back to the previous version.
 type Evaluator struct {
 	mod  *wasm.Module
 	mods []*wasm.Module // hand-written, in Manifest.Modules order
 	man  *rules.Manifest
 	bufs sync.Pool // *buffers
+
+	quar  atomic.Pointer[Quarantine] // the first quarantined module
+	qdone chan struct{}              // closed with the first quarantine
 }
 
 type buffers struct {
@@ -42,7 +49,7 @@ func Load(ctx context.Context, rt *wasm.Runtime, name string, rs *rules.Ruleset)
 	if err != nil {
 		return nil, fmt.Errorf("load ruleset %q: %w", name, err)
 	}
-	e := &Evaluator{mod: mod, man: &man}
+	e := &Evaluator{mod: mod, man: &man, qdone: make(chan struct{})}
 	minCap := 0
 	for i, mi := range man.Modules {
 		if mi.Hash != "" && rules.HashModule(rs.Modules[i]) != mi.Hash {
@@ -81,14 +88,16 @@ func (e *Evaluator) NewResult() *rules.Result { return e.man.NewResult() }
 // If the generated module fails as a whole, res holds "no segments, every error bit set,
 // default slots" and the error says why. A hand-written module that fails (trap, deadline,
 // memory cap: counted and logged by the sandbox) fails closed on its own: its segments are
-// "not member, error", every other segment keeps its value, and Evaluate returns nil.
+// "not member, error", every other segment keeps its value, and Evaluate returns nil. So does a
+// quarantined module, which is not run at all.
 func (e *Evaluator) Evaluate(ctx context.Context, prof rules.FeatureSource, req rules.RequestSource, now time.Time, res *rules.Result) error {
-	err, _ := e.evaluate(ctx, prof, req, now, res)
+	err, _ := e.evaluate(ctx, prof, req, now, res, false)
 	return err
 }
 
-// evaluate is Evaluate that also reports the first hand-written module failure.
-func (e *Evaluator) evaluate(ctx context.Context, prof rules.FeatureSource, req rules.RequestSource, now time.Time, res *rules.Result) (err, modErr error) {
+// evaluate is Evaluate that also reports the first hand-written module failure (if wantModErr:
+// Evaluate does not want it, and building it would allocate on every failing evaluation).
+func (e *Evaluator) evaluate(ctx context.Context, prof rules.FeatureSource, req rules.RequestSource, now time.Time, res *rules.Result, wantModErr bool) (err, modErr error) {
 	b := e.bufs.Get().(*buffers)
 	defer e.bufs.Put(b)
 	b.in = e.man.EncodeInput(b.in[:0], prof, req, now)
@@ -98,9 +107,20 @@ func (e *Evaluator) evaluate(ctx context.Context, prof rules.FeatureSource, req 
 	}
 	e.man.DecodeOutput(b.out, res, req == nil)
 	for i, m := range e.mods {
+		if m.Quarantined() {
+			// Its segments stay "not member, error" (DecodeOutput). One atomic load per
+			// module on the hot path; the error is built only when a caller wants it.
+			if modErr == nil && wantModErr {
+				modErr = fmt.Errorf("module %q: %w", e.man.Modules[i].Path, errQuarantined)
+			}
+			continue
+		}
 		b.min = e.man.EncodeModuleInput(b.min[:0], i, prof, req, now)
 		if err := m.Evaluate(ctx, b.min, b.mout[i]); err != nil {
-			if modErr == nil {
+			if m.Quarantined() {
+				e.noteQuarantine(i, err)
+			}
+			if modErr == nil && wantModErr {
 				modErr = fmt.Errorf("module %q: %w", e.man.Modules[i].Path, err)
 			}
 			continue
@@ -128,7 +148,7 @@ func (e *Evaluator) RunTests(ctx context.Context, f *rules.File) error {
 		prof, req, err := t.Sources()
 		if err == nil {
 			var modErr error
-			if err, modErr = e.evaluate(ctx, prof, req, time.Unix(0, 0), res); err == nil {
+			if err, modErr = e.evaluate(ctx, prof, req, time.Unix(0, 0), res, true); err == nil {
 				err = modErr
 			}
 		}
