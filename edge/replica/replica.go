@@ -1,7 +1,8 @@
 // Package replica is the edge's in-memory copy of what it needs to know about users: their
 // profile-scoped segment memberships and the profile features that request-scoped rules read.
 //
-// It is fed by the DELTAS stream. On start it replays the stream (deltas carry full membership,
+// It is fed by the DELTAS stream, one message holding the deltas of one origin batch in order
+// (core/delta format 1; single-delta messages of older origins are read too). On start it replays the stream (deltas carry full membership,
 // so the newest delta per user is the whole truth) and then follows it; a network cut resumes
 // from the last sequence seen (an ordered consumer). Entries are immutable and replaced whole, so
 // a request reads one without locks. The map is bounded (otter, by entry count) so memory stays
@@ -479,13 +480,8 @@ func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 			continue
 		}
 		meta, _ := msg.Metadata()
-		d, err := delta.Decode(msg.Data())
-		if err != nil {
-			r.m.bad.Inc()
-			r.cfg.Log.Warn("replica: unreadable delta skipped", "err", err)
-		} else {
-			r.applyTraced(msg.Headers(), d)
-		}
+		r.applyMessage(msg.Data(), msg.Headers())
+		// The sequence is recorded once the whole message is applied: one message, many deltas.
 		if meta != nil {
 			r.lastSeq.Store(meta.Sequence.Stream)
 			r.m.lag.Set(float64(meta.NumPending))
@@ -496,6 +492,24 @@ func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	return nil
+}
+
+// applyMessage applies every delta of one DELTAS message in order: a batch (delta format 1) or,
+// from an origin before batching, a single delta. What cannot be read is counted and skipped.
+func (r *Replica) applyMessage(body []byte, h nats.Header) {
+	ds, err := delta.DecodeBatch(body)
+	if err != nil {
+		var berr *delta.BatchError
+		if errors.As(err, &berr) {
+			r.m.bad.Add(float64(berr.Skipped))
+		} else {
+			r.m.bad.Inc()
+		}
+		r.cfg.Log.Warn("replica: unreadable delta skipped", "err", err)
+	}
+	for i := range ds {
+		r.applyTraced(h, &ds[i])
+	}
 }
 
 type metrics struct {
@@ -509,7 +523,7 @@ func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
 	m := &metrics{
 		applied: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_applied_total", Help: "Deltas applied to the replica."}),
 		stale:   prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_stale_total", Help: "Deltas dropped because the replica held that version or newer."}),
-		bad:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_unreadable_total", Help: "Deltas that could not be decoded."}),
+		bad:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_deltas_unreadable_total", Help: "Deltas that could not be decoded (a DELTAS message that cannot be read counts once, however many it held)."}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_replica_evictions_total", Help: "Users dropped from the full replica (looked up at the origin when they come back)."}),
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_edge_replica_origin_lookups_total", Help: "Replica misses looked up at the origin, by result (found, unknown, error)."}, []string{"result"}),
 		eventToEdge: prometheus.NewHistogram(prometheus.HistogramOpts{
