@@ -27,6 +27,7 @@ type Publisher struct {
 	js         jetstream.JetStream
 	topo       bus.Topology
 	timeout    time.Duration
+	maxPayload int // the server's max_payload; 0: unknown
 	accepted   prometheus.Counter
 	rejected   *prometheus.CounterVec
 	publishDur prometheus.Histogram
@@ -53,6 +54,9 @@ func NewPublisher(js jetstream.JetStream, topo bus.Topology, component string, r
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 	}
+	if nc := js.Conn(); nc != nil {
+		p.maxPayload = int(nc.MaxPayload())
+	}
 	for _, r := range []string{"invalid", "too_large", "malformed", "unauthorized", "unavailable", "rate_limited"} {
 		p.rejected.WithLabelValues(r)
 	}
@@ -67,36 +71,40 @@ func (p *Publisher) Reject(reason string, n int) {
 	}
 }
 
-// Publish appends events in order and waits for JetStream's acknowledgements. It returns, per
-// event, nil when stored or the error; the message id is the event id, so a client retrying a
-// request within JetStream's duplicate window does not store an event twice. With tracing on,
-// each message carries the trace context of the publish span in its headers, so the origin's
-// worker continues the trace.
+// DefaultMaxMessageBytes bounds one EVENTS message: a partition's events of one request are
+// split into several messages past it (or past the server's max_payload, if smaller).
+const DefaultMaxMessageBytes = 256 << 10
+
+// Publish appends events and waits for JetStream's acknowledgements. It returns, per event, nil
+// when stored or the error.
+//
+// The events of one call are grouped by partition into one message per partition (more when a
+// group outgrows DefaultMaxMessageBytes), in the order given, in the EVENTS message format
+// (event.DecodeMessage): JetStream's cost is per message, so a request of 50 events costs a
+// handful of stores and acks instead of 50. An event is stored iff its message was. The message
+// id is derived from its events' ids (event.MessageID), so a client retrying a request within
+// JetStream's duplicate window does not store its events twice. With tracing on, each message
+// carries the trace context of the publish span in its headers, so the origin's worker
+// continues the trace.
 func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedAt time.Time) []error {
 	t0 := time.Now()
 	ctx, span := trace.Start(ctx, "segedge/core/ingest", "ingest.publish", oteltrace.SpanKindProducer)
 	defer span.End()
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.Int("segedge.events", len(events)))
-	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	errs := make([]error, len(events))
-	futures := make([]jetstream.PubAckFuture, len(events))
-	for i, ev := range events {
-		body, err := event.EncodeWire(ev, acceptedAt)
-		if err != nil {
-			errs[i] = fmt.Errorf("encode event: %w", err)
-			continue
-		}
-		msg := &nats.Msg{
-			Subject: p.topo.EventSubject(event.Partition(ev.UserID, p.topo.Partitions)),
-			Data:    body,
-			Header:  nats.Header{},
-		}
-		msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	msgs := p.group(events, acceptedAt, errs)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.Int("segedge.events", len(events)),
+			attribute.Int("segedge.messages", len(msgs)))
+	}
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	perr := make([]error, len(msgs))
+	for i, m := range msgs {
+		msg := &nats.Msg{Subject: p.topo.EventSubject(m.partition), Data: m.body, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, event.MessageID(m.ids))
 		trace.Inject(ctx, msg.Header)
-		futures[i], errs[i] = p.js.PublishMsgAsync(msg)
+		futures[i], perr[i] = p.js.PublishMsgAsync(msg)
 	}
 	for i, f := range futures {
 		if f == nil {
@@ -105,9 +113,16 @@ func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedA
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			errs[i] = err
+			perr[i] = err
 		case <-ctx.Done():
-			errs[i] = fmt.Errorf("no acknowledgement from JetStream: %w", ctx.Err())
+			perr[i] = fmt.Errorf("no acknowledgement from JetStream: %w", ctx.Err())
+		}
+	}
+	for i, m := range msgs {
+		if perr[i] != nil {
+			for _, j := range m.idx {
+				errs[j] = perr[i]
+			}
 		}
 	}
 	n, failed := 0, 0
@@ -126,6 +141,58 @@ func (p *Publisher) Publish(ctx context.Context, events []event.Event, acceptedA
 	}
 	p.publishDur.Observe(time.Since(t0).Seconds())
 	return errs
+}
+
+// outMsg is one EVENTS message being built: events idx (indexes into the request) of one
+// partition, encoded in body.
+type outMsg struct {
+	partition int
+	idx       []int
+	ids       []string
+	body      []byte
+}
+
+// group encodes events into messages, one per partition in order of first appearance, split
+// before a body would pass the size bound. An event that does not encode gets its error in
+// errs and is left out.
+func (p *Publisher) group(events []event.Event, acceptedAt time.Time, errs []error) []*outMsg {
+	limit := p.maxMessageBytes()
+	var msgs []*outMsg
+	open := make(map[int]*outMsg, p.topo.Partitions)
+	var scratch []byte
+	for i, ev := range events {
+		var err error
+		if scratch, err = event.AppendWire(scratch[:0], ev, acceptedAt); err != nil {
+			errs[i] = fmt.Errorf("encode event: %w", err)
+			continue
+		}
+		part := event.Partition(ev.UserID, p.topo.Partitions)
+		m := open[part]
+		if m != nil && len(m.body)+1+len(scratch) > limit {
+			m = nil // full: later events of this partition go into a new message, after it
+		}
+		if m == nil {
+			m = &outMsg{partition: part}
+			open[part] = m
+			msgs = append(msgs, m)
+		} else {
+			m.body = append(m.body, '\n')
+		}
+		m.body = append(m.body, scratch...)
+		m.idx = append(m.idx, i)
+		m.ids = append(m.ids, ev.ID)
+	}
+	return msgs
+}
+
+// maxMessageBytes is DefaultMaxMessageBytes, or less when the server's max_payload (minus room
+// for the headers) is smaller.
+func (p *Publisher) maxMessageBytes() int {
+	limit := DefaultMaxMessageBytes
+	if p.maxPayload > 0 {
+		limit = min(limit, p.maxPayload-1024)
+	}
+	return max(limit, 1024)
 }
 
 // Result is the JSON answer to an ingest request.
