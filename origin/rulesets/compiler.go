@@ -173,6 +173,12 @@ func (v *Version) Manifest() *rules.Manifest       { return v.man }
 func (v *Version) Evaluator() *ruleset.Evaluator   { return v.ev }
 func (v *Version) Close() error                    { v.ev.Close(); return nil }
 
+// Quarantined, Quarantine and HasModules let the manager fall back when a hand-written module
+// of this version is quarantined (quarantine.go).
+func (v *Version) Quarantined() <-chan struct{}    { return v.ev.Quarantined() }
+func (v *Version) Quarantine() *ruleset.Quarantine { return v.ev.Quarantine() }
+func (v *Version) HasModules() bool                { return v.ev.HasModules() }
+
 // Segments evaluates the profile without a request: the members among segments that need none.
 func (v *Version) Segments(ctx context.Context, p *profile.Profile, now time.Time, dst []string) ([]string, error) {
 	res := v.results.Get().(*rules.Result)

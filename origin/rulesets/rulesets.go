@@ -108,20 +108,34 @@ type Manager struct {
 	onSwap   func(l Loaded, source []byte)
 	sampler  Sampler
 
-	mu     sync.Mutex
-	active Loaded
+	// swapMu serializes loading a version and falling back from a quarantined one.
+	swapMu sync.Mutex
+
+	mu        sync.Mutex
+	active    Loaded
+	activeSrc []byte
+	// prev is the previous good version, kept loaded while active may be quarantined (it has
+	// hand-written modules) to fall back to; see quarantine.go.
+	prev      Loaded
+	prevSrc   []byte
+	quar      *QuarantineStatus // the quarantine of the version last made active, if any
+	stopWatch chan struct{}     // closed to stop the active version's quarantine watch
 	// swapped is closed (and replaced) after each version becomes active here, onSwap included:
 	// put and activate wait on it so that their answer means "this origin evaluates new events
 	// with it" (an event sent right after the answer must not be applied under the old spec).
 	swapped chan struct{}
 
-	swaps   *prometheus.CounterVec
-	version prometheus.Gauge
-	swapLat prometheus.Histogram
+	swaps       *prometheus.CounterVec
+	version     prometheus.Gauge
+	swapLat     prometheus.Histogram
+	quarantines *prometheus.CounterVec
+	quarantined prometheus.Gauge
+	fallbackG   prometheus.Gauge
 }
 
 // NewManager returns a manager; onSwap is called with each newly active version (after which
-// the previous one is closed).
+// the previous one is closed, unless it is kept to fall back to: see quarantine.go), including
+// a previous version reinstated after a quarantine.
 func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg prometheus.Registerer, onSwap func(l Loaded, source []byte)) *Manager {
 	m := &Manager{
 		store: store, compiler: c, log: log, onSwap: onSwap, swapped: make(chan struct{}),
@@ -129,9 +143,15 @@ func NewManager(store *rulestore.Store, c Compiler, log *slog.Logger, reg promet
 		version: prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_origin_ruleset_version", Help: "The ruleset version this origin evaluates."}),
 		swapLat: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ruleset_swap_seconds", Help: "From a new current pointer seen to the version active.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
+	m.quarantines = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_ruleset_quarantines_total",
+		Help: "Active ruleset versions whose hand-written module was quarantined after repeated failures, by outcome (fallback: the previous good version reinstated; fail_closed: none loaded, the module's segments fail closed)."}, []string{"outcome"})
+	m.quarantined = prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_origin_ruleset_quarantined", Help: "1 while the ruleset version last made active here has a quarantined hand-written module, else 0."})
+	m.fallbackG = prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_origin_ruleset_fallback", Help: "1 while this origin evaluates a previous version reinstated after the current one was quarantined, else 0."})
 	m.swaps.WithLabelValues("ok")
 	m.swaps.WithLabelValues("error")
-	reg.MustRegister(m.swaps, m.version, m.swapLat)
+	m.quarantines.WithLabelValues("fallback")
+	m.quarantines.WithLabelValues("fail_closed")
+	reg.MustRegister(m.swaps, m.version, m.swapLat, m.quarantines, m.quarantined, m.fallbackG)
 	return m
 }
 
@@ -154,7 +174,7 @@ func (m *Manager) Watch(ctx context.Context) error {
 	}
 	for p := range ch {
 		t0 := time.Now()
-		if a := m.Active(); a != nil && a.Version() == p.Version {
+		if m.isActive(p.Version) {
 			continue
 		}
 		if err := m.load(ctx, p.Version); err != nil {
@@ -172,6 +192,8 @@ func (m *Manager) Watch(ctx context.Context) error {
 func (m *Manager) LoadNow(ctx context.Context, version uint64) error { return m.load(ctx, version) }
 
 func (m *Manager) load(ctx context.Context, version uint64) error {
+	m.swapMu.Lock()
+	defer m.swapMu.Unlock()
 	v, err := m.store.Get(ctx, version)
 	if err != nil {
 		return err
@@ -181,10 +203,22 @@ func (m *Manager) load(ctx context.Context, version uint64) error {
 		return fmt.Errorf("load ruleset %d: %w", version, err)
 	}
 	m.mu.Lock()
-	old := m.active
-	m.active = l
+	old, oldSrc, oldPrev := m.active, m.activeSrc, m.prev
+	// The version active now is the previous good one unless it was quarantined itself (then
+	// there is none: a quarantined version with a fallback is no longer active).
+	good := old != nil && (m.quar == nil || m.quar.Version != old.Version())
+	m.prev, m.prevSrc = nil, nil
+	if _, ok := canQuarantine(l); ok && good {
+		m.prev, m.prevSrc = old, oldSrc
+	}
+	kept := m.prev
+	m.active, m.activeSrc = l, v.Source
+	m.quar = nil
+	m.startWatchLocked(l)
 	m.mu.Unlock()
 	m.version.Set(float64(version))
+	m.quarantined.Set(0)
+	m.fallbackG.Set(0)
 	if m.onSwap != nil {
 		m.onSwap(l, v.Source)
 	}
@@ -192,7 +226,11 @@ func (m *Manager) load(ctx context.Context, version uint64) error {
 	close(m.swapped)
 	m.swapped = make(chan struct{})
 	m.mu.Unlock()
-	if old != nil {
+	// swapMu is held: nothing else changes prev meanwhile.
+	if oldPrev != nil && oldPrev != kept {
+		oldPrev.Close()
+	}
+	if old != nil && old != kept {
 		old.Close()
 	}
 	m.log.Info("ruleset active", "version", version, "segments", len(l.SegmentNames()))
@@ -420,7 +458,7 @@ func (m *Manager) list(w http.ResponseWriter, r *http.Request) {
 	if cur.Version > 0 {
 		w.Header().Set("ETag", `"`+strconv.FormatUint(cur.Version, 10)+`"`)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"current": cur.Version, "versions": list})
+	writeJSON(w, http.StatusOK, map[string]any{"current": cur.Version, "versions": list, "active": m.Status()})
 }
 
 func (m *Manager) pathVersion(w http.ResponseWriter, r *http.Request) (uint64, bool) {

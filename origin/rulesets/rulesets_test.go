@@ -73,7 +73,10 @@ type apiEnv struct {
 	profile store.Store
 }
 
-func newAPI(t *testing.T) *apiEnv {
+func newAPI(t *testing.T) *apiEnv { return newAPIWith(t, wasm.Config{}) }
+
+// newAPIWith is newAPI with a sandbox configured by cfg (its registry and cache are set here).
+func newAPIWith(t *testing.T, cfg wasm.Config) *apiEnv {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	ctx := context.Background()
@@ -81,8 +84,9 @@ func newAPI(t *testing.T) *apiEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache := filepath.Join(os.TempDir(), "segedge-wasm-test-cache")
-	rt, err := wasm.NewRuntime(ctx, wasm.Config{Registerer: prometheus.NewRegistry(), CacheDir: cache})
+	cfg.Registerer = prometheus.NewRegistry()
+	cfg.CacheDir = filepath.Join(os.TempDir(), "segedge-wasm-test-cache")
+	rt, err := wasm.NewRuntime(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

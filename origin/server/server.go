@@ -172,7 +172,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err != nil {
 			return nil // none stored yet
 		}
-		if a := mgr.Active(); a == nil || a.Version() != cur.Version {
+		if !mgr.Settled(cur.Version) { // a fallback after a quarantine is settled: degraded, not down
 			return fmt.Errorf("ruleset %d not loaded", cur.Version)
 		}
 		return nil
