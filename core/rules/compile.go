@@ -75,6 +75,7 @@ type compiler struct {
 	h        helpers
 	ib       uint32 // input buffer address
 	cb       uint32 // constants address
+	zl       uint32 // a local never set: the base of constant addresses (see generate)
 	consts   []byte
 	constOff map[string]uint32
 }

@@ -41,31 +41,42 @@ func (c *compiler) setErr(errL uint32) { c.f.Get(errL).Op(OpI32Or).Set(errL) }
 
 const (
 	slotsOff  = 16 // value slots start 16 bytes into the input
-	constBase = 16 // the input buffer starts here; constants follow it
+	constBase = 16 // the input buffer starts here; the output and the constants follow it
 )
 
-// generate writes the module.
+// generate writes the module. Memory layout: the input buffer at constBase, the output
+// buffer after it, then the constant strings and 8 spare bytes (affix's loads may read up to
+// 8 bytes past a string).
 func (c *compiler) generate(order []int) ([]byte, error) {
 	n := len(c.m.Inputs)
 	c.ib = constBase
 	c.m.InputCap = slotsOff + 16*n + StringCap
-	c.cb = align8(c.ib + uint32(c.m.InputCap))
+	ob := align8(c.ib + uint32(c.m.InputCap))
+	outEnd := ob + uint32(c.m.OutputLen())
+	c.cb = align8(outEnd)
 	c.addHelpers()
 	m := &c.mod
 	evalIdx := m.Reserve(m.Type([]ValType{I32}, []ValType{I32}))
 	c.f = &fnBuilder{nparams: 1, free: map[ValType][]uint32{}}
 	f := c.f
+	// Every access to the input slots and the output has a constant address: it is written as
+	// an offset from local zl, which is never set (so always 0), instead of from an i32.const 0.
+	// An engine that tracks known-safe bounds per base value (wazero's optimizing compiler
+	// does) then checks the bound once, at this first load, which reaches the last output byte,
+	// instead of at every access.
+	c.zl = f.local(I32)
+	f.Get(c.zl).Mem(OpI64Load, outEnd-8).Op(OpDrop)
 	// Input checks: length, version, slot count, and every string inside the input.
 	f.Get(0).I32(int32(slotsOff + 16*n)).Op(OpI32LtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
-	f.I32(0).Mem(OpI32Load, c.ib).I32(ABIVersion).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
-	f.I32(0).Mem(OpI32Load, c.ib+4).I32(int32(n)).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	f.Get(c.zl).Mem(OpI32Load, c.ib).I32(ABIVersion).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	f.Get(c.zl).Mem(OpI32Load, c.ib+4).I32(int32(n)).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
 	for i, in := range c.m.Inputs {
 		if !c.strCap[i] || in.Interned {
 			continue
 		}
 		a := c.slotAddr(i)
-		f.I32(0).Mem(OpI32Load8U, a).I32(kindString).Op(OpI32Eq).If(BlockEmpty)
-		f.I32(0).Mem(OpI32Load, a+8).Op(OpI64ExtendI32U).I32(0).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U).Op(OpI64Add)
+		f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindString).Op(OpI32Eq).If(BlockEmpty)
+		f.Get(c.zl).Mem(OpI32Load, a+8).Op(OpI64ExtendI32U).Get(c.zl).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U).Op(OpI64Add)
 		f.Get(0).Op(OpI64ExtendI32U).Op(OpI64GtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
 		f.End()
 	}
@@ -94,10 +105,9 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 	}
 	// Output: membership and error bitsets, then the slots' variant choices.
 	c.m.ABIVersion = ABIVersion
-	ob := align8(c.cb + uint32(len(c.consts)))
 	for word := range w {
-		f.I32(0).Get(words[word][0]).Mem(OpI64Store, ob+8*word)
-		f.I32(0).Get(words[word][1]).Mem(OpI64Store, ob+8*(w+word))
+		f.Get(c.zl).Get(words[word][0]).Mem(OpI64Store, ob+8*word)
+		f.Get(c.zl).Get(words[word][1]).Mem(OpI64Store, ob+8*(w+word))
 	}
 	acc := f.local(I32)
 	for s, slot := range c.m.Slots {
@@ -105,7 +115,7 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 		for v := len(slot.Variants) - 1; v >= 0; v-- {
 			f.I32(int32(v)).Get(acc).Get(c.segs[slot.Variants[v].Segment].local).I32(1).Op(OpI32Eq, OpSelect).Set(acc)
 		}
-		f.I32(0).Get(acc).Mem(OpI32Store, ob+16*w+4*uint32(s))
+		f.Get(c.zl).Get(acc).Mem(OpI32Store, ob+16*w+4*uint32(s))
 	}
 	f.I32(0)
 	m.SetFunc(evalIdx, f.locals, f.B)
@@ -117,7 +127,7 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 		m.SetFunc(idx, nil, k.B)
 		return idx
 	}
-	end := ob + uint32(c.m.OutputLen()) + 8 // 8 spare bytes for affix's loads
+	end := c.cb + uint32(len(c.consts)) + 8 // 8 spare bytes for affix's loads
 	m.Memory((end + 65535) / 65536)
 	m.ExportMemory("memory")
 	m.ExportFunc("segedge_abi_version", konst(ABIVersion))
@@ -185,7 +195,7 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 				return nil
 			}
 			// hasTrait / request.hasX: presence, never an error.
-			f.I32(0).Mem(OpI32Load8U, c.slotAddr(r.slot)).I32(kindAbsent).Op(OpI32Ne)
+			f.Get(c.zl).Mem(OpI32Load8U, c.slotAddr(r.slot)).I32(kindAbsent).Op(OpI32Ne)
 			return nil
 		}
 		call := e.AsCall()
@@ -517,7 +527,7 @@ func (c *compiler) zero(t typ) {
 func (c *compiler) readSlot(i int, t typ, errL uint32) {
 	f := c.f
 	a := c.slotAddr(i)
-	kind := func() { f.I32(0).Mem(OpI32Load8U, a) }
+	kind := func() { f.Get(c.zl).Mem(OpI32Load8U, a) }
 	switch t {
 	case tInt, tDouble:
 		want := int32(kindInt)
@@ -528,17 +538,17 @@ func (c *compiler) readSlot(i int, t typ, errL uint32) {
 		f.I32(want).Op(OpI32Ne)
 		c.setErr(errL)
 		if t == tInt {
-			f.I32(0).Mem(OpI64Load, a+8)
+			f.Get(c.zl).Mem(OpI64Load, a+8)
 		} else {
-			f.I32(0).Mem(OpF64Load, a+8)
+			f.Get(c.zl).Mem(OpF64Load, a+8)
 		}
 	case tString:
 		ok := f.local(I32)
 		kind()
 		f.I32(kindString).Op(OpI32Eq).Tee(ok).Op(OpI32Eqz)
 		c.setErr(errL)
-		f.I32(0).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add).I32(0).Get(ok).Op(OpSelect)
-		f.I32(0).Mem(OpI32Load, a+4).I32(0).Get(ok).Op(OpSelect)
+		f.Get(c.zl).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add).I32(0).Get(ok).Op(OpSelect)
+		f.Get(c.zl).Mem(OpI32Load, a+4).I32(0).Get(ok).Op(OpSelect)
 		f.release(I32, ok)
 	case tDyn:
 		k := f.local(I32)
@@ -547,9 +557,9 @@ func (c *compiler) readSlot(i int, t typ, errL uint32) {
 		c.setErr(errL)
 		f.Get(k)
 		f.Get(k).I32(kindString).Op(OpI32Eq).If(BlockVal(I64))
-		f.I32(0).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add, OpI64ExtendI32U).I64(32).Op(OpI64Shl)
-		f.I32(0).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U, OpI64Or)
-		f.Else().I32(0).Mem(OpI64Load, a+8).End()
+		f.Get(c.zl).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add, OpI64ExtendI32U).I64(32).Op(OpI64Shl)
+		f.Get(c.zl).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U, OpI64Or)
+		f.Else().Get(c.zl).Mem(OpI64Load, a+8).End()
 		f.release(I32, k)
 	}
 }
@@ -646,9 +656,9 @@ func (c *compiler) compare(op string, a, b ast.Expr, errL uint32) error {
 func (c *compiler) internedIn(i int, consts []string, errL uint32) {
 	f := c.f
 	a := c.slotAddr(i)
-	f.I32(0).Mem(OpI32Load8U, a).I32(kindAbsent).Op(OpI32Eq)
+	f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindAbsent).Op(OpI32Eq)
 	c.setErr(errL)
-	f.I32(0).Mem(OpI32Load8U, a).I32(kindInterned).Op(OpI32Eq)
+	f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindInterned).Op(OpI32Eq)
 	f.I32(0)
 	for _, s := range consts {
 		id := 0
@@ -657,7 +667,7 @@ func (c *compiler) internedIn(i int, consts []string, errL uint32) {
 				id = j + 1
 			}
 		}
-		f.I32(0).Mem(OpI64Load, a+8).I64(int64(id)).Op(OpI64Eq, OpI32Or)
+		f.Get(c.zl).Mem(OpI64Load, a+8).I64(int64(id)).Op(OpI64Eq, OpI32Or)
 	}
 	f.Op(OpI32And)
 }

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/segedge/segedge/core/profile"
@@ -166,37 +167,38 @@ func (m *Manifest) OutputLen() int { return 16*m.words() + 4*len(m.Slots) }
 // missing trait, since() of a type never seen and a missing query parameter, header or cookie
 // are absent (reading them is an error); with no request every request field is absent.
 func (m *Manifest) value(i int, prof FeatureSource, ix IndexedFeatureSource, req RequestSource, now time.Time) profile.Value {
+	return m.resolve(i, prof, ix, req, now).value()
+}
+
+// scalar is a resolved input value the way a slot holds it: the kind, the payload bits (a
+// bool as 0/1, an int64, a float64's bits) and a string's bytes. Unlike profile.Value (five
+// fields) it fits the compiler's registers, so the encoder's loop moves no structs through
+// memory.
+type scalar struct {
+	kind profile.Kind
+	bits uint64
+	str  string
+}
+
+func (s scalar) value() profile.Value {
+	switch s.kind {
+	case profile.KindBool:
+		return profile.BoolValue(s.bits != 0)
+	case profile.KindInt:
+		return profile.IntValue(int64(s.bits))
+	case profile.KindDouble:
+		return profile.DoubleValue(math.Float64frombits(s.bits))
+	case profile.KindString:
+		return profile.StringValue(s.str)
+	}
+	return profile.Value{}
+}
+
+// resolve is value as a scalar.
+func (m *Manifest) resolve(i int, prof FeatureSource, ix IndexedFeatureSource, req RequestSource, now time.Time) scalar {
 	in := &m.Inputs[i]
 	if in.Request != "" {
-		if req == nil {
-			return profile.Value{}
-		}
-		var s string
-		ok := true
-		switch in.Request {
-		case FieldPath:
-			s = req.Path()
-		case FieldCountry:
-			s = req.Country()
-		case FieldDevice:
-			s = req.Device()
-		case FieldHour:
-			return profile.IntValue(int64(req.Hour()))
-		case FieldBucket:
-			return profile.IntValue(int64(req.Bucket()))
-		case FieldQuery:
-			s, ok = req.Query(in.Key)
-		case FieldHeader:
-			s, ok = req.Header(in.Key)
-		case FieldCookie:
-			s, ok = req.Cookie(in.Key)
-		default:
-			ok = false
-		}
-		if !ok {
-			return profile.Value{}
-		}
-		return profile.StringValue(s)
+		return requestValue(in, req)
 	}
 	var v profile.Value
 	ok := false
@@ -205,90 +207,127 @@ func (m *Manifest) value(i int, prof FeatureSource, ix IndexedFeatureSource, req
 	} else if prof != nil {
 		v, ok = prof.Value(in.Feature, now)
 	}
-	switch in.Feature.Kind {
-	case profile.FeatureTrait:
-		if !ok {
-			return profile.Value{}
-		}
-		return v
-	case profile.FeatureCount, profile.FeatureSince:
-		if !ok || v.Kind == profile.KindAbsent {
-			if in.Feature.Kind == profile.FeatureSince {
-				return profile.Value{}
-			}
-			return profile.IntValue(0)
-		}
-		switch v.Kind {
-		case profile.KindInt:
-			return v
-		case profile.KindDouble:
-			return profile.IntValue(int64(v.Double))
-		}
-		return profile.Value{}
-	case profile.FeatureSum, profile.FeatureScore:
-		if !ok || v.Kind == profile.KindAbsent {
-			return profile.DoubleValue(0)
-		}
-		switch v.Kind {
-		case profile.KindDouble:
-			return v
-		case profile.KindInt:
-			return profile.DoubleValue(float64(v.Int))
-		}
-		return profile.Value{}
+	return coerce(in.Feature.Kind, &v, ok)
+}
+
+// requestValue is request input in of req (nil: no request, every field absent).
+func requestValue(in *Input, req RequestSource) scalar {
+	if req == nil {
+		return scalar{}
 	}
-	return profile.Value{}
+	var s string
+	ok := true
+	switch in.Request {
+	case FieldPath:
+		s = req.Path()
+	case FieldCountry:
+		s = req.Country()
+	case FieldDevice:
+		s = req.Device()
+	case FieldHour:
+		return scalar{kind: profile.KindInt, bits: uint64(req.Hour())}
+	case FieldBucket:
+		return scalar{kind: profile.KindInt, bits: uint64(req.Bucket())}
+	case FieldQuery:
+		s, ok = req.Query(in.Key)
+	case FieldHeader:
+		s, ok = req.Header(in.Key)
+	case FieldCookie:
+		s, ok = req.Cookie(in.Key)
+	default:
+		ok = false
+	}
+	if !ok {
+		return scalar{}
+	}
+	return scalar{kind: profile.KindString, str: s}
+}
+
+// coerce is what a feature of kind k reads as, given what the source answered (v, ok): counts
+// and since() are ints, sums and scores doubles (a count, sum or score the source does not
+// have is 0, since() absent); a trait is whatever the source has.
+func coerce(k profile.FeatureKind, v *profile.Value, ok bool) scalar {
+	vk := v.Kind
+	if !ok {
+		vk = profile.KindAbsent
+	}
+	switch k {
+	case profile.FeatureTrait:
+		switch vk {
+		case profile.KindBool:
+			if v.Bool {
+				return scalar{kind: vk, bits: 1}
+			}
+			return scalar{kind: vk}
+		case profile.KindInt:
+			return scalar{kind: vk, bits: uint64(v.Int)}
+		case profile.KindDouble:
+			return scalar{kind: vk, bits: math.Float64bits(v.Double)}
+		case profile.KindString:
+			return scalar{kind: vk, str: v.Str}
+		}
+	case profile.FeatureCount, profile.FeatureSince:
+		switch vk {
+		case profile.KindInt:
+			return scalar{kind: profile.KindInt, bits: uint64(v.Int)}
+		case profile.KindDouble:
+			return scalar{kind: profile.KindInt, bits: uint64(int64(v.Double))}
+		case profile.KindAbsent:
+			if k == profile.FeatureCount {
+				return scalar{kind: profile.KindInt}
+			}
+		}
+	case profile.FeatureSum, profile.FeatureScore:
+		switch vk {
+		case profile.KindDouble:
+			return scalar{kind: profile.KindDouble, bits: math.Float64bits(v.Double)}
+		case profile.KindInt:
+			return scalar{kind: profile.KindDouble, bits: math.Float64bits(float64(v.Int))}
+		case profile.KindAbsent:
+			return scalar{kind: profile.KindDouble} // 0.0
+		}
+	}
+	return scalar{}
 }
 
 // EncodeInput appends the module input for one user and request to dst and returns the
 // extended slice. It does not allocate when dst has the capacity (16 + 16·len(Inputs) plus the
 // string bytes: cap InputCap always suffices for inputs the module accepts). A nil prof means
 // an empty profile; a nil req means no request (see SegmentInfo.NeedsRequest).
+//
+// It is the host's half of every evaluation, so it is written for speed: values go from the
+// source into the slot as scalars, and each slot is written whole (two 8-byte stores, no
+// zero-fill pass). What the values are is resolve's business, shared with the reference
+// evaluator.
 func (m *Manifest) EncodeInput(dst []byte, prof FeatureSource, req RequestSource, now time.Time) []byte {
 	start := len(dst)
 	n := m.generatedInputs()
-	dst = binary.LittleEndian.AppendUint32(dst, ABIVersion)
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(now.UnixMilli()))
-	slots := len(dst)
-	for range n {
-		dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-	}
+	slots := start + 16
+	dst = slices.Grow(dst, 16+16*n)[:slots+16*n]
+	binary.LittleEndian.PutUint64(dst[start:], ABIVersion|uint64(n)<<32)
+	binary.LittleEndian.PutUint64(dst[start+8:], uint64(now.UnixMilli()))
 	ix, _ := prof.(IndexedFeatureSource)
 	for i := range n {
-		v := m.value(i, prof, ix, req, now)
-		s := dst[slots+16*i : slots+16*i+16]
-		var payload uint64
-		kind := byte(v.Kind)
-		switch v.Kind {
-		case profile.KindBool:
-			if v.Bool {
-				payload = 1
-			}
-		case profile.KindInt:
-			payload = uint64(v.Int)
-		case profile.KindDouble:
-			payload = math.Float64bits(v.Double)
-		case profile.KindString:
-			if m.Inputs[i].Interned {
-				kind = kindInterned
-				for j, c := range m.Inputs[i].Strings {
-					if c == v.Str {
+		v := m.resolve(i, prof, ix, req, now)
+		// Slot: u8 kind, 3 zero bytes, u32 string length, u64 payload.
+		head, payload := uint64(v.kind), v.bits
+		if v.kind == profile.KindString {
+			if in := &m.Inputs[i]; in.Interned {
+				head, payload = kindInterned, 0
+				for j, c := range in.Strings {
+					if c == v.str {
 						payload = uint64(j + 1)
 						break
 					}
 				}
-				break
+			} else {
+				head |= uint64(len(v.str)) << 32
+				payload = uint64(len(dst) - start)
+				dst = append(dst, v.str...)
 			}
-			off := len(dst) - start
-			dst = append(dst, v.Str...)
-			s = dst[slots+16*i : slots+16*i+16] // dst may have moved
-			binary.LittleEndian.PutUint32(s[4:], uint32(len(v.Str)))
-			payload = uint64(off)
-		default:
-			kind = kindAbsent
 		}
-		s[0] = kind
+		s := (*[16]byte)(dst[slots+16*i:])
+		binary.LittleEndian.PutUint64(s[:8], head)
 		binary.LittleEndian.PutUint64(s[8:], payload)
 	}
 	return dst

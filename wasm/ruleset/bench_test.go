@@ -114,13 +114,28 @@ func BenchmarkEval(b *testing.B) {
 			}
 		})
 	}
-	b.Run("encode", func(b *testing.B) { // EncodeInput alone (feature look-ups included)
-		buf := make([]byte, 0, rs.Manifest.InputCap)
+	b.Run("call", func(b *testing.B) { // the sandboxed call alone, on an input encoded once
+		in := rs.Manifest.EncodeInput(make([]byte, 0, rs.Manifest.InputCap), indexed, req, now)
+		out := make([]byte, rs.Manifest.GeneratedOutputLen())
 		b.ReportAllocs()
 		for b.Loop() {
-			buf = rs.Manifest.EncodeInput(buf[:0], prof, req, now)
+			if err := ev.mod.Evaluate(ctx, in, out); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
+	for _, src := range []struct {
+		name string
+		prof rules.FeatureSource
+	}{{"", prof}, {"_indexed", indexed}} {
+		b.Run("encode"+src.name, func(b *testing.B) { // EncodeInput alone (feature look-ups included)
+			buf := make([]byte, 0, rs.Manifest.InputCap)
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = rs.Manifest.EncodeInput(buf[:0], src.prof, req, now)
+			}
+		})
+	}
 }
 
 // BenchmarkCompile1000: compiling a 1,000-segment ruleset (parse, check, generate) and
