@@ -79,3 +79,32 @@ func FuzzFastPathAgreesWithSlowPath(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeMessage guards the worker's decoder of EVENTS messages: no body makes it panic,
+// a refused message appends nothing, and every event it returns has an id, a user and a valid
+// type.
+func FuzzDecodeMessage(f *testing.F) {
+	one, _ := EncodeWire(Event{ID: "e", UserID: "u", Type: "t", TS: now, Props: map[string]any{"a": 1.0}}, now)
+	f.Add(one)
+	f.Add([]byte(string(one) + "\n" + string(one) + "\n"))
+	f.Add([]byte(string(one) + "\n{\"event_id\":\"x\"}"))
+	f.Add([]byte("{\n \"event_id\": \"e\", \"user_id\": \"u\", \"type\": \"t\"\n}"))
+	f.Add([]byte("\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs, at, err := DecodeMessage(b, nil, nil)
+		if len(evs) != len(at) {
+			t.Fatalf("%d events but %d acceptance times", len(evs), len(at))
+		}
+		if err != nil && len(evs) != 0 {
+			t.Fatalf("refused (%v) but appended %d events", err, len(evs))
+		}
+		if err == nil && len(evs) == 0 {
+			t.Fatal("accepted a message of no events")
+		}
+		for _, ev := range evs {
+			if ev.ID == "" || ev.UserID == "" || !ValidType(ev.Type) {
+				t.Fatalf("accepted an invalid event: %+v", ev)
+			}
+		}
+	})
+}
