@@ -64,6 +64,18 @@ func (t Topology) TriggerSubject(name string) string { return t.subject("seg.tri
 // RulesetBucket is the JetStream key-value bucket that holds the current ruleset pointer and history.
 func (t Topology) RulesetBucket() string { return t.stream("RULESETS") }
 
+// LeaseBucket is the JetStream key-value bucket through which origin processes share the
+// partitions: one key per partition names the origin that consumes it, one key per live origin
+// is its heartbeat, and the bucket's TTL makes both expire when their origin stops renewing them.
+func (t Topology) LeaseBucket() string { return t.stream("SEG_LEASES") }
+
+// TaskSubject is where the origin that holds a partition takes work for that partition's users
+// from other origins (a re-evaluation or an erasure asked of any origin), so that it runs on
+// the partition's worker, in order with the user's events.
+func (t Topology) TaskSubject(partition int) string {
+	return t.subject("seg.origin.tasks.") + strconv.Itoa(partition)
+}
+
 // StreamOptions size the streams. Zero values take the defaults noted.
 type StreamOptions struct {
 	Replicas  int           // 1

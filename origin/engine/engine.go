@@ -65,8 +65,16 @@ type Config struct {
 	Schedule schedule.Schedule
 	// Rules returns the active ruleset; nil means none yet (profiles still update, no segments).
 	Rules func() Rules
-	// Partitions this engine consumes; nil means all.
+	// Partitions this engine may claim; nil means all. Which of them it consumes is decided by
+	// the partition leases it shares with the other origins (lease.go).
 	Partitions []int
+	// OriginID names this process in the lease bucket (default DefaultOriginID(): unique per
+	// process). Two running origins must never share one.
+	OriginID string
+	// LeaseTTL is how long a partition lease lives without renewal (default DefaultLeaseTTL):
+	// the takeover time after a crash. The lease bucket keeps the TTL of the first origin that
+	// created it.
+	LeaseTTL time.Duration
 	// ConsumerName prefixes the durable consumer names ("origin" → "origin-p0"...).
 	ConsumerName string
 	Registerer   prometheus.Registerer
@@ -106,11 +114,15 @@ type ThresholdSink interface {
 
 // Engine runs the partition workers.
 type Engine struct {
-	cfg     Config
-	m       *metrics
-	empty   *profile.Spec
-	tasks   []chan task
-	running atomic.Bool
+	cfg   Config
+	m     *metrics
+	lm    *leaseMetrics
+	empty *profile.Spec
+	// claims[p] is the partition's lease and worker while this origin holds it, else nil.
+	claims   []atomic.Pointer[claim]
+	leaseTTL atomic.Int64 // the lease bucket's TTL once open
+	ready    atomic.Bool  // the first lease round is done
+	running  atomic.Bool
 }
 
 // task is work for a partition worker that does not come from the stream.
@@ -130,8 +142,22 @@ func New(cfg Config) (*Engine, error) {
 			cfg.Partitions = append(cfg.Partitions, p)
 		}
 	}
+	for _, p := range cfg.Partitions {
+		if p < 0 || p >= cfg.Topology.Partitions {
+			return nil, fmt.Errorf("engine: partition %d outside 0..%d", p, cfg.Topology.Partitions-1)
+		}
+	}
 	if cfg.ConsumerName == "" {
 		cfg.ConsumerName = "origin"
+	}
+	if cfg.OriginID == "" {
+		cfg.OriginID = DefaultOriginID()
+	}
+	if err := CheckOriginID(cfg.OriginID); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -155,69 +181,106 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, m: newMetrics(cfg.Registerer), empty: empty, tasks: make([]chan task, cfg.Topology.Partitions)}
-	for i := range e.tasks {
-		e.tasks[i] = make(chan task, 1024)
-	}
+	e := &Engine{cfg: cfg, m: newMetrics(cfg.Registerer), lm: newLeaseMetrics(cfg.Registerer), empty: empty,
+		claims: make([]atomic.Pointer[claim], cfg.Topology.Partitions)}
+	e.leaseTTL.Store(int64(cfg.LeaseTTL))
 	return e, nil
 }
 
-// Run consumes every configured partition until ctx is done.
+// Run takes this origin's share of the partitions (partition leases, see lease.go) and consumes
+// them until ctx is done; then it stops the workers and releases the leases, so that the other
+// origins take the partitions at once. Ready says when the first share is taken.
 func (e *Engine) Run(ctx context.Context) error {
 	e.running.Store(true)
 	defer e.running.Store(false)
-	errc := make(chan error, len(e.cfg.Partitions))
-	for _, p := range e.cfg.Partitions {
-		go func() { errc <- e.runPartition(ctx, p) }()
+	l, err := e.openLeases(ctx)
+	if err != nil {
+		return nil // ctx ended before the bucket could be opened
 	}
 	go e.watchLag(ctx)
-	var first error
-	for range e.cfg.Partitions {
-		if err := <-errc; err != nil && first == nil && ctx.Err() == nil {
-			first = err
-		}
-	}
-	return first
+	l.run(ctx)
+	return nil
 }
 
 // Reevaluate asks the user's partition worker to re-evaluate the user now (a new ruleset, an
-// admin request) and waits for it. Only a running engine that owns the partition can do it.
+// admin request) and waits for it. The worker runs in whichever origin holds the partition's
+// lease: this one, or another one asked over NATS (Topology.TaskSubject). While the partition
+// changes hands the request is repeated; after two lease TTLs without a holder it fails with
+// ErrNoHolder.
 func (e *Engine) Reevaluate(ctx context.Context, user string, cause delta.Cause) error {
 	p := event.Partition(user, e.cfg.Topology.Partitions)
-	t := task{user: user, cause: cause, done: make(chan error, 1)}
-	select {
-	case e.tasks[p] <- t:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-t.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	giveUp := time.Now().Add(2 * time.Duration(e.leaseTTL.Load()))
+	backoff := 10 * time.Millisecond
+	for {
+		var err error
+		if c := e.claims[p].Load(); c != nil {
+			err = submit(ctx, c, task{user: user, cause: cause, done: make(chan error, 1)})
+		} else {
+			err = e.askHolder(ctx, p, user, cause)
+		}
+		if !errors.Is(err, errNotHeld) {
+			return err
+		}
+		if time.Now().After(giveUp) {
+			return fmt.Errorf("partition %d: %w", p, ErrNoHolder)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
 	}
 }
 
+// consumer creates partition p's durable consumer afresh, starting right after its ack floor
+// (the last event acknowledged with every earlier one). A new lease holder calls it before it
+// applies anything: deleting the consumer takes back every message the previous holder had
+// fetched but not acknowledged, and pull requests a dead process left behind, so they are
+// delivered again now, in stream order, rather than after AckWait behind the user's later
+// events. Events past the floor that were already applied are recognised by id in the store.
 func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error) {
 	name := e.cfg.ConsumerName + "-p" + strconv.Itoa(p)
-	return e.cfg.JS.CreateOrUpdateConsumer(ctx, e.cfg.Topology.EventsStream(), jetstream.ConsumerConfig{
+	stream := e.cfg.Topology.EventsStream()
+	cfg := jetstream.ConsumerConfig{
 		Durable:       name,
 		FilterSubject: e.cfg.Topology.EventSubject(p),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       e.cfg.AckWait,
 		MaxAckPending: 4096,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	}
+	old, err := e.cfg.JS.Consumer(ctx, stream, name)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("read consumer %s: %w", name, err)
+	default:
+		if floor := old.CachedInfo().AckFloor.Stream; floor > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
+		if err := e.cfg.JS.DeleteConsumer(ctx, stream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("delete consumer %s: %w", name, err)
+		}
+	}
+	c, err := e.cfg.JS.CreateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s: %w", name, err)
+	}
+	return c, nil
 }
 
-func (e *Engine) runPartition(ctx context.Context, p int) error {
+// runPartition is partition p's worker while this origin holds c, p's lease: it applies the
+// partition's events, its due re-evaluations and the tasks routed to it, until ctx ends (lease
+// released, lost, or not renewed in time). It returns only once nothing more is applied.
+func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 	var cons jetstream.Consumer
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, err := e.consumer(cctx, p)
+		cn, err := e.consumer(cctx, p)
 		cancel()
 		if err == nil {
-			cons = c
+			cons = cn
 			break
 		}
 		e.cfg.Log.Warn("create consumer", "partition", p, "err", err)
@@ -244,6 +307,11 @@ func (e *Engine) runPartition(ctx context.Context, p int) error {
 		return fmt.Errorf("consume partition %d: %w", p, err)
 	}
 	defer cc.Stop()
+	if sub, err := e.serveTasks(p, c); err != nil {
+		e.cfg.Log.Warn("take tasks from other origins", "partition", p, "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	tick := time.NewTicker(e.cfg.DuePoll)
 	defer tick.Stop()
 	msgs := make([]jetstream.Msg, 0, e.cfg.Batch)
@@ -253,6 +321,9 @@ func (e *Engine) runPartition(ctx context.Context, p int) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-in:
+			if ctx.Err() != nil {
+				return nil // the lease ended: apply nothing more
+			}
 			msgs = append(msgs[:0], m)
 		fill:
 			for len(msgs) < e.cfg.Batch {
@@ -265,22 +336,25 @@ func (e *Engine) runPartition(ctx context.Context, p int) error {
 			}
 			e.handleBatch(ctx, p, msgs)
 			clear(msgs)
-		case t := <-e.tasks[p]:
+		case t := <-c.tasks:
 			e.runTask(ctx, p, t)
 		case <-tick.C:
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		if now := e.cfg.Now(); now.Sub(lastDue) >= e.cfg.DuePoll {
 			lastDue = now
 			e.runDue(ctx, p, now)
 		}
-		e.runTasks(ctx, p)
+		e.runTasks(ctx, p, c)
 	}
 }
 
-func (e *Engine) runTasks(ctx context.Context, p int) {
+func (e *Engine) runTasks(ctx context.Context, p int, c *claim) {
 	for range 64 {
 		select {
-		case t := <-e.tasks[p]:
+		case t := <-c.tasks:
 			e.runTask(ctx, p, t)
 		default:
 			return
@@ -289,11 +363,20 @@ func (e *Engine) runTasks(ctx context.Context, p int) {
 }
 
 func (e *Engine) runTask(ctx context.Context, p int, t task) {
-	if t.cause == delta.CauseErase {
-		t.done <- e.erase(ctx, p, t.user)
-	} else {
-		t.done <- e.evaluate(ctx, p, t.user, t.cause, 0, 0)
+	var err error
+	if ctx.Err() == nil {
+		if t.cause == delta.CauseErase {
+			err = e.erase(ctx, p, t.user)
+		} else {
+			err = e.evaluate(ctx, p, t.user, t.cause, 0, 0)
+		}
 	}
+	if ctx.Err() != nil {
+		// The lease ended before or during the task: the next holder runs it (again; both
+		// tasks are idempotent).
+		err = errNotHeld
+	}
+	t.done <- err
 }
 
 func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
@@ -312,105 +395,61 @@ func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
 
 // handleBatch applies a batch of messages and publishes the resulting deltas, retrying until
 // it is done or ctx ends (the messages are then redelivered to whoever consumes next).
-//
-// A message carries one or more events (event.DecodeMessage); the events of all messages are
-// applied in order in chunks of at most Config.Batch events, and a message is acknowledged once
-// the chunk holding its last event is done: acked when all its events were applied, NAKed (to
-// be redelivered whole; the store's dedup skips the events already applied) when one was not.
-// A message that cannot be read is terminated and counted as poison.
 func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
-	var (
-		evs      = make([]event.Event, 0, len(msgs))
-		accepted = make([]time.Time, 0, len(msgs))
-		ctxs     = make([]context.Context, 0, len(msgs)) // per event: its message's trace
-		owner    = make([]int, 0, len(msgs))             // per event: its message's index in keep
-		keep     = make([]jetstream.Msg, 0, len(msgs))
-		last     = make([]int, 0, len(msgs)) // per kept message: the index of its last event
-		spans    = make([]oteltrace.Span, 0, len(msgs))
-	)
+	evs := make([]event.Event, 0, len(msgs))
+	accepted := make([]time.Time, 0, len(msgs))
+	keep := make([]jetstream.Msg, 0, len(msgs))
+	ctxs := make([]context.Context, 0, len(msgs))
+	spans := make([]oteltrace.Span, 0, len(msgs))
 	for _, m := range msgs {
 		ectx, span := traceEvent(ctx, p, m)
-		var err error
-		n0 := len(evs)
-		evs, accepted, err = event.DecodeMessage(m.Data(), evs, accepted)
+		ev, at, err := event.DecodeWire(m.Data())
 		if err != nil {
 			// A message we cannot read never becomes readable: count it and move on.
 			e.m.poison.Inc()
-			e.cfg.Log.Error("unreadable event message dropped", "partition", p, "err", err)
+			e.cfg.Log.Error("unreadable event dropped", "partition", p, "err", err)
 			_ = m.Term()
 			trace.End(span, err)
 			continue
 		}
-		for range len(evs) - n0 {
-			ctxs = append(ctxs, ectx)
-			owner = append(owner, len(keep))
-		}
+		evs = append(evs, ev)
+		accepted = append(accepted, at)
 		keep = append(keep, m)
-		last = append(last, len(evs)-1)
+		ctxs = append(ctxs, ectx)
 		spans = append(spans, span)
 	}
-	var err error
-	defer func() {
-		for _, span := range spans {
-			trace.End(span, err)
-		}
-	}()
-	failed := make([]bool, len(keep))
-	for lo := 0; lo < len(evs); {
-		hi := min(lo+e.cfg.Batch, len(evs))
-		var bad []bool
-		if bad, err = e.applyChunk(ctx, p, keep[owner[lo]:], evs[lo:hi], accepted[lo:hi], ctxs[lo:hi]); err != nil {
-			return // ctx ended: the unacknowledged messages come back
-		}
-		for i, b := range bad {
-			if b {
-				failed[owner[lo+i]] = true
-			}
-		}
-		for mi := owner[lo]; mi < len(keep) && last[mi] < hi; mi++ {
-			if failed[mi] {
-				_ = keep[mi].NakWithDelay(time.Second)
-			} else {
-				_ = keep[mi].Ack()
-			}
-		}
-		lo = hi
+	if len(evs) == 0 {
+		return
 	}
-}
-
-// applyChunk applies one chunk of events, retrying in place until it is done or ctx ends; it
-// returns which events the store refused (their messages are to be redelivered). pending are
-// the messages not yet acknowledged, kept in progress while a retry waits.
-func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
 	e.m.batchSize.Observe(float64(len(evs)))
 	backoff := time.Duration(0)
 	for attempt := 1; ; attempt++ {
-		bad, err := e.applyBatch(ctx, p, evs, accepted, ctxs)
-		if err == nil {
-			return bad, nil
-		}
-		if ctx.Err() != nil {
-			return nil, err
+		err := e.applyBatch(ctx, p, keep, evs, accepted, ctxs)
+		if err == nil || ctx.Err() != nil {
+			for _, span := range spans {
+				trace.End(span, err)
+			}
+			return
 		}
 		e.cfg.Log.Warn("events not applied; retrying", "partition", p, "events", len(evs), "attempt", attempt, "err", err)
 		// Keep the messages ours while we retry: no redelivery overtakes them.
-		for _, m := range pending {
+		for _, m := range keep {
 			_ = m.InProgress()
 		}
 		backoff = min(max(2*backoff, 100*time.Millisecond), e.cfg.AckWait/2)
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return
 		case <-time.After(backoff):
 		}
 	}
 }
 
-// applyBatch applies evs in one store call, evaluates each resulting profile in order and
-// publishes the deltas. It returns, per event, whether the store refused it (to redeliver its
-// message); an error means: nothing is to be acknowledged, retry the whole batch.
+// applyBatch applies evs (from msgs) in one store call, evaluates each resulting profile in
+// order, publishes the deltas and acknowledges the messages. An error means: nothing is
+// acknowledged, retry the whole batch.
 // ctxs are the events' trace contexts.
-func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
+func (e *Engine) applyBatch(ctx context.Context, p int, msgs []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) error {
 	b := e.newBatch(p)
 	t0 := time.Now()
 	var applySpans []oteltrace.Span
@@ -426,7 +465,7 @@ func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accep
 			traceApplied(span, false, err)
 		}
 		e.m.applyErrors.Add(float64(len(evs)))
-		return nil, fmt.Errorf("apply %d events: %w", len(evs), err)
+		return fmt.Errorf("apply %d events: %w", len(evs), err)
 	}
 	for i, span := range applySpans {
 		traceApplied(span, res[i].Applied, res[i].Err)
@@ -449,24 +488,27 @@ func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accep
 		users = append(users, r.Profile.UserID)
 	}
 	if err := e.loadMembers(ctx, b, users); err != nil {
-		return nil, err
+		return err
 	}
 	for i, r := range res {
 		if r.Err != nil {
 			continue
 		}
 		if err := e.evaluateProfile(ctxs[i], b, r.Profile, delta.CauseEvent, accepted[i].UnixMilli(), 0); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := e.flush(ctx, b); err != nil {
-		return nil, err
+		return err
 	}
-	bad := make([]bool, len(res))
-	for i, r := range res {
-		bad[i] = r.Err != nil
+	for i, m := range msgs {
+		if res[i].Err != nil {
+			_ = m.NakWithDelay(time.Second)
+		} else {
+			_ = m.Ack()
+		}
 	}
-	return bad, nil
+	return nil
 }
 
 // batch collects what evaluating a batch of profiles produced, to write it with a fixed number
