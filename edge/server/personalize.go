@@ -92,7 +92,8 @@ func (e *edge) loadRuleset(ctx context.Context, store *rulestore.Store, version 
 	return rs, nil
 }
 
-// watchRulesets follows the current ruleset pointer and swaps versions in.
+// watchRulesets follows the current ruleset pointer and swaps versions in (see quarantine.go
+// for the fallback when a version's hand-written module is quarantined).
 func (e *edge) watchRulesets(ctx context.Context, js jetstream.JetStream, topo bus.Topology) error {
 	store, err := rulestore.Open(ctx, js, topo.RulesetBucket())
 	if err != nil {
@@ -104,7 +105,7 @@ func (e *edge) watchRulesets(ctx context.Context, js jetstream.JetStream, topo b
 	}
 	e.rulesetsWatched.Store(true)
 	for p := range ch {
-		if cur := e.rs.Load(); cur != nil && cur.version == p.Version {
+		if e.isActive(p.Version) {
 			continue
 		}
 		rs, err := e.loadRuleset(ctx, store, p.Version)
@@ -115,14 +116,7 @@ func (e *edge) watchRulesets(ctx context.Context, js jetstream.JetStream, topo b
 			continue
 		}
 		e.rulesetErr.Store("")
-		old := e.rs.Swap(rs)
-		e.ruleset.Store(rs.version)
-		e.rulesetGauge.Set(float64(rs.version))
-		e.log.Info("ruleset active", "version", rs.version, "segments", len(rs.man.Segments))
-		e.onRulesetChange() // open segment streams (user.go)
-		if old != nil {
-			go func() { old.refs.Wait(); old.ev.Close() }()
-		}
+		e.activate(rs) // quarantine.go: keeps the previous good version to fall back to
 	}
 	return nil
 }

@@ -275,7 +275,8 @@ type edge struct {
 	evalDur         prometheus.Histogram
 	spliceDur       prometheus.Histogram
 	evalFailures    prometheus.Counter
-	explain         *explainer // GET /user/explain with the debug token (explain.go)
+	explain         *explainer      // GET /user/explain with the debug token (explain.go)
+	fb              rulesetFallback // quarantine fallback (quarantine.go)
 
 	fragmentRefreshes prometheus.Counter
 	fragmentFailures  prometheus.Counter
@@ -291,6 +292,7 @@ func (e *edge) metrics(reg prometheus.Registerer) {
 	e.fragmentRefreshes = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_fragment_refreshes_total", Help: "Times a purge naming slot fragments swapped in their refetched HTML."})
 	e.fragmentFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_edge_fragment_fetch_failures_total", Help: "Purged fragments that could not be refetched (they keep their previous HTML)."})
 	reg.MustRegister(e.rulesetGauge, e.rulesetFailures, e.evalDur, e.spliceDur, e.evalFailures, e.fragmentRefreshes, e.fragmentFailures)
+	e.fb.register(reg)
 }
 
 func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
