@@ -66,20 +66,23 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 	// instead of at every access.
 	c.zl = f.local(I32)
 	f.Get(c.zl).Mem(OpI64Load, outEnd-8).Op(OpDrop)
-	// Input checks: length, version, slot count, and every string inside the input.
-	f.Get(0).I32(int32(slotsOff + 16*n)).Op(OpI32LtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
-	f.Get(c.zl).Mem(OpI32Load, c.ib).I32(ABIVersion).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
-	f.Get(c.zl).Mem(OpI32Load, c.ib+4).I32(int32(n)).Op(OpI32Ne).If(BlockEmpty).I32(1).Op(OpReturn).End()
+	// Input checks: length, version, slot count, and every string inside the input, computed
+	// without branches (the slots lie inside the buffer whatever the length says) and tested
+	// once. Every if in this function has an else, even an empty one: wazero keeps what it
+	// knows about bounds across if-else-end but forgets it after an if-end.
+	f.Get(0).I32(int32(slotsOff + 16*n)).Op(OpI32LtU)
+	f.Get(c.zl).Mem(OpI32Load, c.ib).I32(ABIVersion).Op(OpI32Ne, OpI32Or)
+	f.Get(c.zl).Mem(OpI32Load, c.ib+4).I32(int32(n)).Op(OpI32Ne, OpI32Or)
 	for i, in := range c.m.Inputs {
 		if !c.strCap[i] || in.Interned {
 			continue
 		}
 		a := c.slotAddr(i)
-		f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindString).Op(OpI32Eq).If(BlockEmpty)
+		f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindString).Op(OpI32Eq)
 		f.Get(c.zl).Mem(OpI32Load, a+8).Op(OpI64ExtendI32U).Get(c.zl).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U).Op(OpI64Add)
-		f.Get(0).Op(OpI64ExtendI32U).Op(OpI64GtU).If(BlockEmpty).I32(1).Op(OpReturn).End()
-		f.End()
+		f.Get(0).Op(OpI64ExtendI32U).Op(OpI64GtU, OpI32And, OpI32Or)
 	}
+	f.If(BlockEmpty).I32(1).Op(OpReturn).Else().End()
 	for _, s := range c.segs {
 		s.local = f.local(I32)
 	}
