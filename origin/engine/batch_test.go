@@ -93,16 +93,19 @@ func TestBacklogIsAppliedInBatchesInOrder(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := map[string][]*delta.Delta{}
-			for range len(evs) {
+			for n := 0; n < len(evs); {
 				msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 				if err != nil {
 					t.Fatalf("after %v deltas: %v", got, err)
 				}
-				d, err := delta.Decode(msg.Data())
+				ds, err := delta.DecodeBatch(msg.Data())
 				if err != nil {
 					t.Fatal(err)
 				}
-				got[d.UserID] = append(got[d.UserID], d)
+				for i := range ds {
+					got[ds[i].UserID] = append(got[ds[i].UserID], &ds[i])
+				}
+				n += len(ds)
 			}
 			for _, u := range users {
 				ds := got[u]

@@ -27,7 +27,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	oteltrace "go.opentelemetry.io/otel/trace"
@@ -123,6 +122,7 @@ type Engine struct {
 	leaseTTL atomic.Int64 // the lease bucket's TTL once open
 	ready    atomic.Bool  // the first lease round is done
 	running  atomic.Bool
+	tail     deltaTail // what each partition knows of its deltas not yet recorded (publish.go)
 }
 
 // task is work for a partition worker that does not come from the stream.
@@ -274,6 +274,7 @@ func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error
 // partition's events, its due re-evaluations and the tasks routed to it, until ctx ends (lease
 // released, lost, or not renewed in time). It returns only once nothing more is applied.
 func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
+	e.forgetDeltaTail(p) // another origin may have published on p since this one last held it
 	var cons jetstream.Consumer
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -689,7 +690,7 @@ func (b *batch) put(user string, r members.Record) {
 // flush writes what a batch produced: due times, deltas (published asynchronously, all
 // awaited), triggers, segment counts, then the membership records. A crash or error before the
 // records are written leaves them as they were, so a redelivery produces the same versions
-// again (JetStream drops the republished deltas and firings by id).
+// again (publishAll leaves out the deltas already on DELTAS, JetStream drops the firings by id).
 func (e *Engine) flush(ctx context.Context, b *batch) error {
 	if len(b.due) > 0 {
 		users := make([]string, 0, len(b.due))
@@ -735,116 +736,27 @@ func (e *Engine) flush(ctx context.Context, b *batch) error {
 		}
 	}
 	if len(b.dirty) == 0 {
-		return nil
+		return nil // a delta always dirties its user: nothing was published
 	}
 	rs := make([]members.Record, len(b.dirty))
 	for i, u := range b.dirty {
 		rs[i] = b.recs[u]
 	}
 	if mb, ok := e.cfg.Members.(members.Batcher); ok {
-		return mb.PutMany(ctx, b.dirty, rs)
-	}
-	for i, u := range b.dirty {
-		if err := e.cfg.Members.Put(ctx, u, rs[i]); err != nil {
+		if err := mb.PutMany(ctx, b.dirty, rs); err != nil {
 			return err
 		}
+	} else {
+		for i, u := range b.dirty {
+			if err := e.cfg.Members.Put(ctx, u, rs[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if len(b.deltas) > 0 {
+		e.tail.recorded(b.p, b.deltas) // what publishAll just published is recorded
 	}
 	return nil
-}
-
-// deltaMsg encodes d; tctx's trace continues in the message headers.
-func (e *Engine) deltaMsg(tctx context.Context, p int, d *delta.Delta) (*nats.Msg, error) {
-	body, err := delta.Encode(d)
-	if err != nil {
-		return nil, err
-	}
-	msg := &nats.Msg{Subject: e.cfg.Topology.DeltaSubject(p), Data: body, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, delta.MsgID(d))
-	trace.Inject(tctx, msg.Header)
-	return msg, nil
-}
-
-// publishAll publishes ds in order without waiting for each ack, then waits for all of them.
-// ctxs[i] is the trace context of ds[i].
-func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs []context.Context) error {
-	switch len(ds) {
-	case 0:
-		return nil
-	case 1:
-		return e.publish(ctxs[0], p, ds[0])
-	}
-	futs := make([]jetstream.PubAckFuture, 0, len(ds))
-	spans := make([]oteltrace.Span, 0, len(ds))
-	var err error
-	defer func() {
-		for _, span := range spans {
-			trace.End(span, err)
-		}
-	}()
-	for i, d := range ds {
-		tctx, span := traceDelta(ctxs[i], p, d)
-		spans = append(spans, span)
-		var msg *nats.Msg
-		if msg, err = e.deltaMsg(tctx, p, d); err != nil {
-			return err
-		}
-		var f jetstream.PubAckFuture
-		if f, err = e.cfg.JS.PublishMsgAsync(msg); err != nil {
-			e.m.publishErrors.Inc()
-			err = fmt.Errorf("publish delta: %w", err)
-			return err
-		}
-		futs = append(futs, f)
-	}
-	timer := time.NewTimer(5 * time.Second)
-	defer timer.Stop()
-	for i, f := range futs {
-		select {
-		case <-f.Ok():
-			e.published(ds[i])
-		case perr := <-f.Err():
-			e.m.publishErrors.Inc()
-			err = fmt.Errorf("publish delta: %w", perr)
-			return err
-		case <-timer.C:
-			e.m.publishErrors.Inc()
-			err = errors.New("publish delta: no ack from JetStream within 5s")
-			return err
-		case <-ctx.Done():
-			err = fmt.Errorf("publish delta: %w", ctx.Err())
-			return err
-		}
-	}
-	return nil
-}
-
-// publish publishes one delta and waits for JetStream's ack; ctx carries the trace.
-func (e *Engine) publish(ctx context.Context, p int, d *delta.Delta) (err error) {
-	tctx, span := traceDelta(ctx, p, d)
-	defer func() { trace.End(span, err) }()
-	msg, err := e.deltaMsg(tctx, p, d)
-	if err != nil {
-		return err
-	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := e.cfg.JS.PublishMsg(pctx, msg); err != nil {
-		e.m.publishErrors.Inc()
-		return fmt.Errorf("publish delta: %w", err)
-	}
-	e.published(d)
-	return nil
-}
-
-// published counts a stored delta.
-func (e *Engine) published(d *delta.Delta) {
-	e.m.deltas.WithLabelValues(string(d.Cause)).Inc()
-	if d.AcceptedAt > 0 {
-		e.m.ingestToDelta.Observe(float64(time.Now().UnixMilli()-d.AcceptedAt) / 1000)
-	}
-	if d.Due > 0 {
-		e.m.expiryLateness.Observe(float64(time.Now().UnixMilli()-d.Due) / 1000)
-	}
 }
 
 // diff returns what is in b but not a (entered) and in a but not b (exited); both sorted.

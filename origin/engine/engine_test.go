@@ -70,6 +70,7 @@ type rig struct {
 	eng    *Engine
 	pub    *ingest.Publisher
 	deltas jetstream.Consumer
+	queued []delta.Delta // read from DELTAS, not yet returned by next
 	clk    *clock
 	rules  atomic.Pointer[cartRules]
 }
@@ -115,22 +116,29 @@ func (r *rig) send(t *testing.T, evs ...event.Event) {
 	}
 }
 
+// next returns the next delta on DELTAS (one message may hold several).
 func (r *rig) next(t *testing.T) *delta.Delta {
 	t.Helper()
-	msg, err := r.deltas.Next(jetstream.FetchMaxWait(5 * time.Second))
-	if err != nil {
-		t.Fatalf("no delta: %v", err)
+	for len(r.queued) == 0 {
+		msg, err := r.deltas.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("no delta: %v", err)
+		}
+		_ = msg.Ack()
+		if r.queued, err = delta.DecodeBatch(msg.Data()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	_ = msg.Ack()
-	d, err := delta.Decode(msg.Data())
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := &r.queued[0]
+	r.queued = r.queued[1:]
 	return d
 }
 
 func (r *rig) none(t *testing.T, within time.Duration) {
 	t.Helper()
+	if len(r.queued) > 0 {
+		t.Fatalf("unexpected delta: %+v", r.queued[0])
+	}
 	if msg, err := r.deltas.Next(jetstream.FetchMaxWait(within)); err == nil {
 		t.Fatalf("unexpected delta: %s", msg.Data())
 	}

@@ -13,7 +13,7 @@ type metrics struct {
 	deltas                                                              *prometheus.CounterVec
 	applyDur, ingestToProfile, ingestToDelta, expiryLateness            prometheus.Histogram
 	lag                                                                 *prometheus.GaugeVec
-	batchSize                                                           prometheus.Histogram
+	batchSize, deltaBatchSize                                           prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,13 +33,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		expiryLateness:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_expiry_lateness_seconds", Help: "From a windowed rule's due time to its delta published.", Buckets: lat}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_event_batch_size", Help: "Events a partition worker handled together (one store pipeline, one membership read and write).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
+		deltaBatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_delta_batch_size", Help: "Deltas in one DELTAS message (a partition worker's batch, split above 256 KiB).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Events waiting in EVENTS per partition."}, []string{"partition"}),
 	}
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
 	reg.MustRegister(m.applied, m.duplicates, m.poison, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
-		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize)
+		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize, m.deltaBatchSize)
 	return m
 }
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/segedge/segedge/core/delta"
@@ -49,8 +50,8 @@ func traceEvaluated(span oteltrace.Span, version uint64, members int, err error)
 	trace.End(span, err)
 }
 
-// traceDelta starts the span of a delta's publication; publish injects its context into the
-// delta's headers, so each edge's replica continues the trace.
+// traceDelta starts the span of a delta's publication; publishAll puts its context in the delta
+// (traceParent), so each edge's replica continues the trace.
 func traceDelta(ctx context.Context, p int, d *delta.Delta) (context.Context, oteltrace.Span) {
 	ctx, span := trace.Start(ctx, tracerName, "delta.publish", oteltrace.SpanKindProducer)
 	if span.IsRecording() {
@@ -59,4 +60,16 @@ func traceDelta(ctx context.Context, p int, d *delta.Delta) (context.Context, ot
 			attribute.Int("segedge.entered", len(d.Entered)), attribute.Int("segedge.exited", len(d.Exited)))
 	}
 	return ctx, span
+}
+
+// traceParent is the W3C traceparent of the span in ctx, "" when tracing is off or ctx has no
+// sampled span. It travels inside each delta: many deltas share one DELTAS message, and so its
+// headers.
+func traceParent(ctx context.Context) string {
+	if !trace.Enabled() || !oteltrace.SpanContextFromContext(ctx).IsValid() {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	trace.InjectHTTP(ctx, c)
+	return c["traceparent"]
 }
