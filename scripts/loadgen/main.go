@@ -5,7 +5,8 @@
 // Two ingest→origin latencies are reported, each saying how it was measured:
 //   - ingest→delta, from the DELTAS stream (-nats-url): every delta caused by an event carries the
 //     event's accepted_at (Unix ms, stamped by the origin); loadgen subscribes to the deltas
-//     subjects and takes now − accepted_at on receipt. Deltas only flow while a ruleset is active.
+//     subjects and takes now − accepted_at on receipt, for every delta of a message (one message
+//     holds a worker batch's deltas). Deltas only flow while a ruleset is active.
 //   - ingest→profile and ingest→delta from the origin's own histograms, scraped from /metrics
 //     before and after the run; quantiles are interpolated inside the buckets (0.5ms, 1ms, 2ms …),
 //     so they are only as fine as the buckets.
@@ -168,21 +169,24 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		}
 		defer nc.Close()
 		subj := strings.ToLower(o.natsPrefix) + "seg.deltas.*"
+		var stamps []deltaStamp // the subscription's handler runs on one goroutine
 		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
 			now := time.Now().UnixMilli()
-			var d struct {
-				UserID     string `json:"user_id"`
-				AcceptedAt int64  `json:"accepted_at"`
-			}
-			if json.Unmarshal(m.Data, &d) != nil || d.AcceptedAt < startMs || !strings.HasPrefix(d.UserID, runID+"-") {
-				dmu.Lock()
+			var err error
+			stamps, err = deltaStamps(m.Data, stamps[:0])
+			dmu.Lock()
+			defer dmu.Unlock()
+			if err != nil {
 				deltaOther++
-				dmu.Unlock()
 				return
 			}
-			dmu.Lock()
-			deltaLat = append(deltaLat, time.Duration(now-d.AcceptedAt)*time.Millisecond)
-			dmu.Unlock()
+			for _, d := range stamps {
+				if d.AcceptedAt < startMs || !strings.HasPrefix(d.UserID, runID+"-") {
+					deltaOther++
+					continue
+				}
+				deltaLat = append(deltaLat, time.Duration(now-d.AcceptedAt)*time.Millisecond)
+			}
 		})
 		if err != nil {
 			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
@@ -468,4 +472,29 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// deltaStamp is what loadgen reads of a delta: whose it is and when its event was accepted.
+type deltaStamp struct {
+	UserID     string `json:"user_id"`
+	AcceptedAt int64  `json:"accepted_at"`
+}
+
+// deltaStamps appends the stamps of a DELTAS message's deltas to dst. It reads both formats of
+// core/delta (an array of deltas, or one delta from an origin before batching) and only the two
+// fields it needs, so measuring costs the machine under test little.
+func deltaStamps(b []byte, dst []deltaStamp) ([]deltaStamp, error) {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	if len(b) > 0 && b[0] == '[' {
+		var ds []deltaStamp
+		if err := json.Unmarshal(b, &ds); err != nil {
+			return dst, fmt.Errorf("decode delta batch: %w", err)
+		}
+		return append(dst, ds...), nil
+	}
+	var d deltaStamp
+	if err := json.Unmarshal(b, &d); err != nil {
+		return dst, fmt.Errorf("decode delta: %w", err)
+	}
+	return append(dst, d), nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,6 +281,7 @@ func TestRunMeasuresIngestToDeltaFromTheDeltasSubjects(t *testing.T) {
 	// published 3ms after the request was accepted.
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", f.ServeHTTP)
+	var requests atomic.Int32
 	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
 		acceptedAt := time.Now().UnixMilli()
 		body, _ := io.ReadAll(r.Body)
@@ -291,12 +293,27 @@ func TestRunMeasuresIngestToDeltaFromTheDeltasSubjects(t *testing.T) {
 		}
 		json.Unmarshal(body, &evs)
 		time.Sleep(3 * time.Millisecond)
+		// Per partition, one message holding the request's deltas in a JSON array (delta format
+		// 1), except that every other request is answered as an origin before batching did: a
+		// message per delta (format 0).
+		single := requests.Add(1)%2 == 0
+		parts := map[int][]map[string]any{}
 		for _, e := range evs {
 			if e.Type == "checkout_started" {
 				continue
 			}
-			d, _ := json.Marshal(map[string]any{"user_id": e.UserID, "version": 1, "cause": "event", "members": []string{}, "accepted_at": acceptedAt})
-			n.Conn.Publish(n.Topology.DeltaSubject(event.Partition(e.UserID, 4)), d)
+			d := map[string]any{"user_id": e.UserID, "version": 1, "cause": "event", "members": []string{}, "accepted_at": acceptedAt}
+			p := event.Partition(e.UserID, 4)
+			if single {
+				b, _ := json.Marshal(d)
+				n.Conn.Publish(n.Topology.DeltaSubject(p), b)
+				continue
+			}
+			parts[p] = append(parts[p], d)
+		}
+		for p, ds := range parts {
+			b, _ := json.Marshal(ds)
+			n.Conn.Publish(n.Topology.DeltaSubject(p), b)
 		}
 		// A delta of someone else (an earlier run, another user) must not be counted.
 		n.Conn.Publish(n.Topology.DeltaSubject(0), []byte(`{"user_id":"other","version":9,"accepted_at":1}`))
