@@ -10,6 +10,7 @@ import (
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/trace"
+	"github.com/segedge/segedge/origin/engine"
 )
 
 // Config is every setting of the origin. Each field is a flag with an environment variable of
@@ -33,6 +34,8 @@ type Config struct {
 	WebhookBackoff     time.Duration // SEGEDGE_WEBHOOK_BACKOFF: delay before the first retry (doubles per attempt)
 	RescanRate         float64       // SEGEDGE_RESCAN_RATE: profiles re-evaluated per second after a ruleset change
 	Partitions         int           // SEGEDGE_PARTITIONS: partitions of EVENTS and DELTAS
+	OriginID           string        // SEGEDGE_ORIGIN_ID: this process's name in the partition lease bucket
+	LeaseTTL           time.Duration // SEGEDGE_LEASE_TTL: life of a partition lease without renewal
 	LogFormat          string        // LOG_FORMAT: text or json
 	LogLevel           string        // LOG_LEVEL
 	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT: grace for in-flight requests
@@ -60,6 +63,8 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.Duration(&c.WebhookBackoff, "webhook-backoff", "SEGEDGE_WEBHOOK_BACKOFF", time.Second, "delay before a failed webhook is retried the first time; doubles per attempt up to 5 minutes, with jitter")
 	s.Float(&c.RescanRate, "rescan-rate", "SEGEDGE_RESCAN_RATE", 2000, "profiles re-evaluated per second in the background after a ruleset change")
 	s.Int(&c.Partitions, "partitions", "SEGEDGE_PARTITIONS", bus.DefaultPartitions, "partitions of the EVENTS and DELTAS streams")
+	s.String(&c.OriginID, "origin-id", "SEGEDGE_ORIGIN_ID", "", "this origin's name among the origins sharing the partitions (letters, digits, - and _; unique among running origins); empty: hostname-pid-random")
+	s.Duration(&c.LeaseTTL, "lease-ttl", "SEGEDGE_LEASE_TTL", engine.DefaultLeaseTTL, "how long a partition lease lives without renewal, i.e. how long a crashed origin's partitions wait before another origin takes them; the first origin to create the lease bucket sets it for all")
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
@@ -81,6 +86,14 @@ func (c *Config) Validate() error {
 	}
 	if c.WebhookAttempts < 1 || c.WebhookBackoff <= 0 {
 		errs = append(errs, fmt.Errorf("SEGEDGE_WEBHOOK_ATTEMPTS %d, SEGEDGE_WEBHOOK_BACKOFF %s: want at least 1 and a positive duration", c.WebhookAttempts, c.WebhookBackoff))
+	}
+	if c.OriginID != "" {
+		if err := engine.CheckOriginID(c.OriginID); err != nil {
+			errs = append(errs, fmt.Errorf("SEGEDGE_ORIGIN_ID: %w", err))
+		}
+	}
+	if c.LeaseTTL < time.Second || c.LeaseTTL > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("SEGEDGE_LEASE_TTL %s: want 1s to 5m", c.LeaseTTL))
 	}
 	if c.Partitions < 1 || c.Partitions > 1024 {
 		errs = append(errs, fmt.Errorf("SEGEDGE_PARTITIONS %d: want 1 to 1024", c.Partitions))

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -180,6 +181,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	eng, err := engine.New(engine.Config{
 		JS: js, Topology: topo, Store: st.profiles, Members: st.members, Schedule: st.schedule,
 		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log, Triggers: firer,
+		OriginID: cfg.OriginID, LeaseTTL: cfg.LeaseTTL,
 	})
 	if err != nil {
 		return err
@@ -190,10 +192,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	go mgr.Watch(wctx)
-	engCtx, stopEngine := context.WithCancel(context.Background())
+	engCtx, cancelEngine := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
-	defer func() { stopEngine(); <-engDone }()
+	// Stopping the engine releases its partition leases, which needs NATS: it runs before the
+	// connection is drained on shutdown (and, deferred, on an early return).
+	stopEngine := sync.OnceFunc(func() { cancelEngine(); <-engDone })
+	defer stopEngine()
+	// Ready once this origin has taken its share of the partitions (all of them when alone).
+	ready.Add("partitions", eng.Ready)
 	s.routes(mux)
 
 	srv := &http.Server{
@@ -219,6 +226,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	stopEngine() // other origins take the partitions at once instead of after the lease TTL
 	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		log.Warn("nats drain", "err", err)
 	}
