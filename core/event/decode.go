@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"mime"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -29,7 +30,7 @@ func Decode(body []byte, contentType string, lim Limits, now time.Time) ([]Event
 	if len(body) > lim.MaxBodyBytes {
 		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrBodyTooLarge, len(body), lim.MaxBodyBytes)
 	}
-	records, err := split(body, isNDJSON(contentType))
+	records, err := splitFast(body, isNDJSON(contentType))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -42,7 +43,7 @@ func Decode(body []byte, contentType string, lim Limits, now time.Time) ([]Event
 	events := make([]Event, 0, len(records))
 	var errs []FieldError
 	for i, rec := range records {
-		ev, ferrs := decodeOne(rec, lim, now)
+		ev, ferrs := decodeRecord(rec, lim, now)
 		if len(ferrs) > 0 {
 			for _, fe := range ferrs {
 				fe.Index = i
@@ -61,6 +62,50 @@ func isNDJSON(contentType string) bool {
 		return false
 	}
 	return strings.Contains(mt, "ndjson") || strings.Contains(mt, "jsonl") || strings.Contains(mt, "json-seq")
+}
+
+// splitFast cuts the body into one raw JSON value per event, as split does, with the scanner;
+// anything it cannot cut exactly as split would goes to split.
+func splitFast(body []byte, ndjson bool) ([]json.RawMessage, error) {
+	i := skipSpace(body, 0)
+	if ndjson || i == len(body) || (body[i] != '[' && body[i] != '{') {
+		return split(body, ndjson)
+	}
+	if body[i] == '{' {
+		if end := scanValue(body, i, 0); end > 0 && skipSpace(body, end) == len(body) {
+			return []json.RawMessage{body[i:end]}, nil
+		}
+		return split(body, ndjson)
+	}
+	var recs []json.RawMessage
+	i = skipSpace(body, i+1)
+	if i < len(body) && body[i] == ']' {
+		if skipSpace(body, i+1) == len(body) {
+			return recs, nil
+		}
+		return split(body, ndjson)
+	}
+	for {
+		end := scanValue(body, i, 1)
+		if end < 0 {
+			return split(body, ndjson)
+		}
+		recs = append(recs, body[i:end])
+		if i = skipSpace(body, end); i >= len(body) {
+			return split(body, ndjson)
+		}
+		switch body[i] {
+		case ',':
+			i = skipSpace(body, i+1)
+		case ']':
+			if skipSpace(body, i+1) == len(body) {
+				return recs, nil
+			}
+			return split(body, ndjson)
+		default:
+			return split(body, ndjson)
+		}
+	}
 }
 
 // split cuts the body into one raw JSON value per event.
@@ -107,6 +152,92 @@ type typedEvent struct {
 	Type   string          `json:"type"`
 	TS     json.RawMessage `json:"ts"`
 	Props  json.RawMessage `json:"props"`
+}
+
+// eventFields are the members decodeScan reads, in the order of its out slots.
+var eventFields = []string{"event_id", "user_id", "type", "ts", "props"}
+
+// decodeRecord decodes and validates one event: with the scanner when the event is valid and
+// plain, else as decodeOne.
+func decodeRecord(rec json.RawMessage, lim Limits, now time.Time) (Event, []FieldError) {
+	if ev, ok := decodeScan(rec, lim, now); ok {
+		return ev, nil
+	}
+	return decodeOne(rec, lim, now)
+}
+
+// decodeScan is decodeFast without encoding/json: it accepts what decodeFast accepts (or
+// less) and returns the same event.
+func decodeScan(rec []byte, lim Limits, now time.Time) (Event, bool) {
+	var f [5][]byte
+	if len(rec) == 0 || rec[0] != '{' || !scanFields(rec, eventFields, f[:]) {
+		return Event{}, false
+	}
+	var ev Event
+	var ok bool
+	if ev.ID, ok = plainString(f[0]); !ok || !validID(ev.ID, lim.MaxIDLen) {
+		return Event{}, false
+	}
+	if ev.Type, ok = plainString(f[2]); !ok || !ValidType(ev.Type) {
+		return Event{}, false
+	}
+	if isNull(f[1]) {
+		if lim.FixedUserID == "" {
+			return Event{}, false
+		}
+		ev.UserID = lim.FixedUserID
+	} else {
+		u, ok := plainString(f[1])
+		if !ok || (lim.FixedUserID == "" && !validID(u, lim.MaxIDLen)) || (lim.FixedUserID != "" && u != lim.FixedUserID) {
+			return Event{}, false
+		}
+		ev.UserID = u
+	}
+	if ev.TS, ok = tsScan(f[3], lim, now); !ok {
+		return Event{}, false
+	}
+	if !isNull(f[4]) {
+		raw := f[4]
+		if raw[0] != '{' || len(raw) > lim.MaxPropsBytes || depth(raw) > lim.MaxPropsDepth {
+			return Event{}, false
+		}
+		if ev.Props, ok = parseObject(raw); !ok {
+			return Event{}, false
+		}
+	}
+	return ev, true
+}
+
+// tsScan is tsField for the plain cases; false: leave it to tsField.
+func tsScan(raw []byte, lim Limits, now time.Time) (time.Time, bool) {
+	if isNull(raw) {
+		return now, true
+	}
+	var ts time.Time
+	if raw[0] == '"' {
+		s, ok := plainString(raw)
+		if !ok {
+			return time.Time{}, false
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return time.Time{}, false
+		}
+		ts = t
+	} else {
+		if scanNumber(raw, 0) != len(raw) {
+			return time.Time{}, false
+		}
+		ms, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || ms != math.Trunc(ms) || math.Abs(ms) > 1e15 {
+			return time.Time{}, false
+		}
+		ts = time.UnixMilli(int64(ms))
+	}
+	if ts.After(now.Add(lim.MaxFuture)) || ts.Before(now.Add(-lim.Retention)) {
+		return time.Time{}, false
+	}
+	return ts.UTC(), true
 }
 
 // decodeOne decodes and validates one event. The common case — a valid event — takes one typed

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 )
 
@@ -76,6 +77,82 @@ var ErrUnknownFormat = errors.New("not an EVENTS message of a known format")
 // applied.
 func DecodeMessage(b []byte, evs []Event, at []time.Time) ([]Event, []time.Time, error) {
 	n0 := len(evs)
+	i := skipSpace(b, 0)
+	if i == len(b) || b[i] != '{' {
+		return decodeMessageStd(b, evs, at)
+	}
+	for n := 0; i < len(b); n++ {
+		end := scanValue(b, i, 0)
+		if end < 0 || b[i] != '{' {
+			return decodeMessageStd(b, evs[:n0], at[:n0])
+		}
+		var w wire
+		if !scanWire(b[i:end], &w) {
+			if err := json.Unmarshal(b[i:end], &w); err != nil {
+				return decodeMessageStd(b, evs[:n0], at[:n0])
+			}
+		}
+		ev, t, err := w.event()
+		if err != nil {
+			return evs[:n0], at[:n0], fmt.Errorf("decode events message, event %d: %w", n, err)
+		}
+		evs, at = append(evs, ev), append(at, t)
+		i = skipSpace(b, end)
+	}
+	return evs, at, nil
+}
+
+// wireFields are the members scanWire reads, in the order of its out slots.
+var wireFields = []string{"event_id", "user_id", "type", "ts", "props", "accepted_at"}
+
+// scanWire fills w from the wire object obj as json.Unmarshal would, without reflection;
+// false: leave obj to json.Unmarshal.
+func scanWire(obj []byte, w *wire) bool {
+	var f [6][]byte
+	if !scanFields(obj, wireFields, f[:]) {
+		return false
+	}
+	// An explicit null is left to encoding/json: it keeps an earlier value of a repeated member.
+	for k, dst := range [...]*string{&w.ID, &w.UserID, &w.Type} {
+		if f[k] == nil {
+			continue
+		}
+		s, ok := plainString(f[k])
+		if !ok {
+			return false
+		}
+		*dst = s
+	}
+	for _, x := range [...]struct {
+		k   int
+		dst *int64
+	}{{3, &w.TS}, {5, &w.AcceptedAt}} {
+		if f[x.k] == nil {
+			continue
+		}
+		if scanNumber(f[x.k], 0) != len(f[x.k]) {
+			return false
+		}
+		n, err := strconv.ParseInt(string(f[x.k]), 10, 64)
+		if err != nil {
+			return false
+		}
+		*x.dst = n
+	}
+	if f[4] != nil {
+		props, ok := parseObject(f[4])
+		if !ok {
+			return false
+		}
+		w.Props = props
+	}
+	return true
+}
+
+// decodeMessageStd is DecodeMessage with encoding/json only: the reference the scanner is
+// fuzzed against, and the path that words the error of a message the scanner refuses.
+func decodeMessageStd(b []byte, evs []Event, at []time.Time) ([]Event, []time.Time, error) {
+	n0 := len(evs)
 	body := bytes.TrimLeft(b, " \t\r\n")
 	if len(body) == 0 {
 		return evs, at, fmt.Errorf("decode events message: %w: empty body", ErrUnknownFormat)
@@ -90,14 +167,15 @@ func DecodeMessage(b []byte, evs []Event, at []time.Time) ([]Event, []time.Time,
 		if errors.Is(err, io.EOF) && i > 0 {
 			return evs, at, nil
 		}
-		if err != nil {
-			return evs[:n0], at[:n0], fmt.Errorf("decode events message, event %d: %w", i, err)
+		if err == nil {
+			var ev Event
+			var t time.Time
+			if ev, t, err = w.event(); err == nil {
+				evs, at = append(evs, ev), append(at, t)
+				continue
+			}
 		}
-		ev, t, err := w.event()
-		if err != nil {
-			return evs[:n0], at[:n0], fmt.Errorf("event %d: %w", i, err)
-		}
-		evs, at = append(evs, ev), append(at, t)
+		return evs[:n0], at[:n0], fmt.Errorf("decode events message, event %d: %w", i, err)
 	}
 }
 
