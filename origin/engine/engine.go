@@ -396,61 +396,105 @@ func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
 
 // handleBatch applies a batch of messages and publishes the resulting deltas, retrying until
 // it is done or ctx ends (the messages are then redelivered to whoever consumes next).
+//
+// A message carries one or more events (event.DecodeMessage); the events of all messages are
+// applied in order in chunks of at most Config.Batch events, and a message is acknowledged once
+// the chunk holding its last event is done: acked when all its events were applied, NAKed (to
+// be redelivered whole; the store's dedup skips the events already applied) when one was not.
+// A message that cannot be read is terminated and counted as poison.
 func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
-	evs := make([]event.Event, 0, len(msgs))
-	accepted := make([]time.Time, 0, len(msgs))
-	keep := make([]jetstream.Msg, 0, len(msgs))
-	ctxs := make([]context.Context, 0, len(msgs))
-	spans := make([]oteltrace.Span, 0, len(msgs))
+	var (
+		evs      = make([]event.Event, 0, len(msgs))
+		accepted = make([]time.Time, 0, len(msgs))
+		ctxs     = make([]context.Context, 0, len(msgs)) // per event: its message's trace
+		owner    = make([]int, 0, len(msgs))             // per event: its message's index in keep
+		keep     = make([]jetstream.Msg, 0, len(msgs))
+		last     = make([]int, 0, len(msgs)) // per kept message: the index of its last event
+		spans    = make([]oteltrace.Span, 0, len(msgs))
+	)
 	for _, m := range msgs {
 		ectx, span := traceEvent(ctx, p, m)
-		ev, at, err := event.DecodeWire(m.Data())
+		var err error
+		n0 := len(evs)
+		evs, accepted, err = event.DecodeMessage(m.Data(), evs, accepted)
 		if err != nil {
 			// A message we cannot read never becomes readable: count it and move on.
 			e.m.poison.Inc()
-			e.cfg.Log.Error("unreadable event dropped", "partition", p, "err", err)
+			e.cfg.Log.Error("unreadable event message dropped", "partition", p, "err", err)
 			_ = m.Term()
 			trace.End(span, err)
 			continue
 		}
-		evs = append(evs, ev)
-		accepted = append(accepted, at)
+		for range len(evs) - n0 {
+			ctxs = append(ctxs, ectx)
+			owner = append(owner, len(keep))
+		}
 		keep = append(keep, m)
-		ctxs = append(ctxs, ectx)
+		last = append(last, len(evs)-1)
 		spans = append(spans, span)
 	}
-	if len(evs) == 0 {
-		return
+	var err error
+	defer func() {
+		for _, span := range spans {
+			trace.End(span, err)
+		}
+	}()
+	failed := make([]bool, len(keep))
+	for lo := 0; lo < len(evs); {
+		hi := min(lo+e.cfg.Batch, len(evs))
+		var bad []bool
+		if bad, err = e.applyChunk(ctx, p, keep[owner[lo]:], evs[lo:hi], accepted[lo:hi], ctxs[lo:hi]); err != nil {
+			return // ctx ended: the unacknowledged messages come back
+		}
+		for i, b := range bad {
+			if b {
+				failed[owner[lo+i]] = true
+			}
+		}
+		for mi := owner[lo]; mi < len(keep) && last[mi] < hi; mi++ {
+			if failed[mi] {
+				_ = keep[mi].NakWithDelay(time.Second)
+			} else {
+				_ = keep[mi].Ack()
+			}
+		}
+		lo = hi
 	}
+}
+
+// applyChunk applies one chunk of events, retrying in place until it is done or ctx ends; it
+// returns which events the store refused (their messages are to be redelivered). pending are
+// the messages not yet acknowledged, kept in progress while a retry waits.
+func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
 	e.m.batchSize.Observe(float64(len(evs)))
 	backoff := time.Duration(0)
 	for attempt := 1; ; attempt++ {
-		err := e.applyBatch(ctx, p, keep, evs, accepted, ctxs)
-		if err == nil || ctx.Err() != nil {
-			for _, span := range spans {
-				trace.End(span, err)
-			}
-			return
+		bad, err := e.applyBatch(ctx, p, evs, accepted, ctxs)
+		if err == nil {
+			return bad, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
 		}
 		e.cfg.Log.Warn("events not applied; retrying", "partition", p, "events", len(evs), "attempt", attempt, "err", err)
 		// Keep the messages ours while we retry: no redelivery overtakes them.
-		for _, m := range keep {
+		for _, m := range pending {
 			_ = m.InProgress()
 		}
 		backoff = min(max(2*backoff, 100*time.Millisecond), e.cfg.AckWait/2)
 		select {
 		case <-ctx.Done():
-			return
+			return nil, ctx.Err()
 		case <-time.After(backoff):
 		}
 	}
 }
 
-// applyBatch applies evs (from msgs) in one store call, evaluates each resulting profile in
-// order, publishes the deltas and acknowledges the messages. An error means: nothing is
-// acknowledged, retry the whole batch.
+// applyBatch applies evs in one store call, evaluates each resulting profile in order and
+// publishes the deltas. It returns, per event, whether the store refused it (to redeliver its
+// message); an error means: nothing is to be acknowledged, retry the whole batch.
 // ctxs are the events' trace contexts.
-func (e *Engine) applyBatch(ctx context.Context, p int, msgs []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) error {
+func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
 	b := e.newBatch(p)
 	t0 := time.Now()
 	var applySpans []oteltrace.Span
@@ -466,7 +510,7 @@ func (e *Engine) applyBatch(ctx context.Context, p int, msgs []jetstream.Msg, ev
 			traceApplied(span, false, err)
 		}
 		e.m.applyErrors.Add(float64(len(evs)))
-		return fmt.Errorf("apply %d events: %w", len(evs), err)
+		return nil, fmt.Errorf("apply %d events: %w", len(evs), err)
 	}
 	for i, span := range applySpans {
 		traceApplied(span, res[i].Applied, res[i].Err)
@@ -489,27 +533,24 @@ func (e *Engine) applyBatch(ctx context.Context, p int, msgs []jetstream.Msg, ev
 		users = append(users, r.Profile.UserID)
 	}
 	if err := e.loadMembers(ctx, b, users); err != nil {
-		return err
+		return nil, err
 	}
 	for i, r := range res {
 		if r.Err != nil {
 			continue
 		}
 		if err := e.evaluateProfile(ctxs[i], b, r.Profile, delta.CauseEvent, accepted[i].UnixMilli(), 0); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := e.flush(ctx, b); err != nil {
-		return err
+		return nil, err
 	}
-	for i, m := range msgs {
-		if res[i].Err != nil {
-			_ = m.NakWithDelay(time.Second)
-		} else {
-			_ = m.Ack()
-		}
+	bad := make([]bool, len(res))
+	for i, r := range res {
+		bad[i] = r.Err != nil
 	}
-	return nil
+	return bad, nil
 }
 
 // batch collects what evaluating a batch of profiles produced, to write it with a fixed number
