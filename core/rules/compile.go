@@ -76,6 +76,7 @@ type compiler struct {
 	ib       uint32 // input buffer address
 	cb       uint32 // constants address
 	zl       uint32 // a local never set: the base of constant addresses (see generate)
+	errFresh uint32 // 1 + the error flag still 0 on every path here (see setErr); 0: none
 	consts   []byte
 	constOff map[string]uint32
 }

@@ -2,6 +2,8 @@ package rules
 
 import (
 	"fmt"
+	"math"
+	"slices"
 
 	"cel.dev/cel-go/common/ast"
 	"cel.dev/cel-go/common/operators"
@@ -29,15 +31,25 @@ func (f *fnBuilder) local(t ValType) uint32 {
 
 func (f *fnBuilder) release(t ValType, idx ...uint32) { f.free[t] = append(f.free[t], idx...) }
 
-// errScope starts a new error flag: an i32 local set to 0.
+// errScope starts a new error flag: an i32 local set to 0. The flag is "error" when non-zero
+// (it is only ever read by select), so a check may set it to any non-zero value.
 func (c *compiler) errScope() uint32 {
 	l := c.f.local(I32)
 	c.f.I32(0).Set(l)
+	c.errFresh = l + 1
 	return l
 }
 
-// setErr sets the error flag when the i32 on the stack is non-zero.
-func (c *compiler) setErr(errL uint32) { c.f.Get(errL).Op(OpI32Or).Set(errL) }
+// setErr sets the error flag when the i32 on the stack is non-zero. The first check of a scope
+// just stores (the flag is still 0: no branch since errScope, see errFresh).
+func (c *compiler) setErr(errL uint32) {
+	if c.errFresh == errL+1 {
+		c.f.Set(errL)
+		c.errFresh = 0
+		return
+	}
+	c.f.Get(errL).Op(OpI32Or).Set(errL)
+}
 
 const (
 	slotsOff  = 16 // value slots start 16 bytes into the input
@@ -88,35 +100,54 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 	}
 	// The bitsets are accumulated as each segment is computed, so a segment's tristate local
 	// is dead right away unless segment() or a slot reads it later (fewer live values for
-	// the engine's register allocator in long rulesets).
+	// the engine's register allocator in long rulesets): tristate t of segment i goes to bits
+	// 2(i%32) and 2(i%32)+1 of packed word i/32 (three instructions), and the member and error
+	// bits are separated once at the end.
 	w := uint32(c.m.words())
-	words := make([][2]uint32, w)
-	for i := range words {
-		words[i] = [2]uint32{f.local(I64), f.local(I64)}
-		f.I64(0).Set(words[i][0]).I64(0).Set(words[i][1])
+	packed := make([]uint32, (len(c.segs)+31)/32)
+	for i := range packed {
+		packed[i] = f.local(I64)
+		f.I64(0).Set(packed[i])
 	}
 	for _, i := range order {
 		c.cur = c.segs[i]
 		if err := c.boolExpr(c.cur.ast.Expr()); err != nil {
 			return nil, fmt.Errorf("%s: %w", c.file.where(c.cur.def.RulePos), err)
 		}
-		t := c.cur.local
-		word, bit := words[i/64], int64(i%64)
-		// tristate 0/1/2: member = t & 1, error = t >> 1.
-		f.Tee(t).I32(1).Op(OpI32And, OpI64ExtendI32U).I64(bit).Op(OpI64Shl).Get(word[0]).Op(OpI64Or).Set(word[0])
-		f.Get(t).I32(1).Op(OpI32ShrU, OpI64ExtendI32U).I64(bit).Op(OpI64Shl).Get(word[1]).Op(OpI64Or).Set(word[1])
+		f.Tee(c.cur.local).Op(OpI64ExtendI32U)
+		if i%32 != 0 {
+			f.I64(int64(2 * (i % 32))).Op(OpI64Shl)
+		}
+		f.Get(packed[i/32]).Op(OpI64Or).Set(packed[i/32])
 	}
-	// Output: membership and error bitsets, then the slots' variant choices.
+	// Output: membership and error bitsets, then the slots' variant choices. Member bits are
+	// the odd bits of the packed words (tristate true = 2), error bits the even ones.
 	c.m.ABIVersion = ABIVersion
 	for word := range w {
-		f.Get(c.zl).Get(words[word][0]).Mem(OpI64Store, ob+8*word)
-		f.Get(c.zl).Get(words[word][1]).Mem(OpI64Store, ob+8*(w+word))
+		for k, base := range []uint32{ob + 8*word, ob + 8*(w+word)} {
+			f.Get(c.zl)
+			for half := range uint32(2) {
+				pw := 2*word + half
+				if int(pw) >= len(packed) {
+					break
+				}
+				f.Get(packed[pw])
+				if k == 0 {
+					f.I64(1).Op(OpI64ShrU)
+				}
+				c.compactEven()
+				if half == 1 {
+					f.I64(32).Op(OpI64Shl, OpI64Or)
+				}
+			}
+			f.Mem(OpI64Store, base)
+		}
 	}
 	acc := f.local(I32)
 	for s, slot := range c.m.Slots {
 		f.I32(-1).Set(acc)
 		for v := len(slot.Variants) - 1; v >= 0; v-- {
-			f.I32(int32(v)).Get(acc).Get(c.segs[slot.Variants[v].Segment].local).I32(1).Op(OpI32Eq, OpSelect).Set(acc)
+			f.I32(int32(v)).Get(acc).Get(c.segs[slot.Variants[v].Segment].local).I32(triTrue).Op(OpI32Eq, OpSelect).Set(acc)
 		}
 		f.Get(c.zl).Get(acc).Mem(OpI32Store, ob+16*w+4*uint32(s))
 	}
@@ -142,6 +173,17 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 		m.Data(c.cb, c.consts)
 	}
 	return m.Encode(), nil
+}
+
+// compactEven replaces the i64 on the stack by its 32 even bits, packed into the low half.
+func (c *compiler) compactEven() {
+	f := c.f
+	f.I64(0x5555555555555555).Op(OpI64And)
+	t := f.local(I64)
+	for i, mask := range []int64{0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF} {
+		f.Tee(t).Get(t).I64(int64(1)<<i).Op(OpI64ShrU, OpI64Or).I64(mask).Op(OpI64And)
+	}
+	f.release(I64, t)
 }
 
 func align8(v uint32) uint32 { return (v + 7) &^ 7 }
@@ -180,13 +222,22 @@ func (c *compiler) typeOf(e ast.Expr) typ {
 	return 0
 }
 
-// boolExpr pushes e as a tristate i32: 0 false, 1 true, 2 error.
+// Tristates: a boolean rule value or an error, as an i32 ordered false < error < true, so that
+// CEL's commutative && and || (false && error = false, true || error = true, error otherwise)
+// are min and max.
+const (
+	triFalse = 0
+	triError = 1
+	triTrue  = 2
+)
+
+// boolExpr pushes e as a tristate.
 func (c *compiler) boolExpr(e ast.Expr) error {
 	f := c.f
 	switch e.Kind() {
 	case ast.LiteralKind:
 		if b, ok := e.AsLiteral().(types.Bool); ok {
-			f.I32(map[bool]int32{false: 0, true: 1}[bool(b)])
+			f.I32(map[bool]int32{false: triFalse, true: triTrue}[bool(b)])
 			return nil
 		}
 	case ast.CallKind:
@@ -198,7 +249,7 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 				return nil
 			}
 			// hasTrait / request.hasX: presence, never an error.
-			f.Get(c.zl).Mem(OpI32Load8U, c.slotAddr(r.slot)).I32(kindAbsent).Op(OpI32Ne)
+			f.Get(c.zl).Mem(OpI32Load8U, c.slotAddr(r.slot)).I32(kindAbsent).Op(OpI32Ne).I32(1).Op(OpI32Shl)
 			return nil
 		}
 		call := e.AsCall()
@@ -206,14 +257,12 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 		switch call.FunctionName() {
 		case operators.LogicalAnd, operators.LogicalOr:
 			return c.logic(call.FunctionName() == operators.LogicalAnd, args)
-		case operators.LogicalNot:
-			t := f.local(I32)
-			f.I32(2)
+		case operators.LogicalNot: // true - t: swaps false and true, keeps an error
+			f.I32(triTrue)
 			if err := c.boolExpr(args[0]); err != nil {
 				return err
 			}
-			f.Tee(t).I32(1).Op(OpI32Xor).Get(t).I32(2).Op(OpI32Eq, OpSelect)
-			f.release(I32, t)
+			f.Op(OpI32Sub)
 			return nil
 		case operators.Conditional:
 			if c.typeOf(e) == tBool {
@@ -221,7 +270,8 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 				if err := c.boolExpr(args[0]); err != nil {
 					return err
 				}
-				f.Tee(t).I32(2).Op(OpI32Eq).If(BlockVal(I32)).I32(2).Else().Get(t).If(BlockVal(I32))
+				c.errFresh = 0
+				f.Tee(t).I32(triError).Op(OpI32Eq).If(BlockVal(I32)).I32(triError).Else().Get(t).If(BlockVal(I32))
 				f.release(I32, t)
 				if err := c.boolExpr(args[1]); err != nil {
 					return err
@@ -235,54 +285,43 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 			}
 		case operators.Equals, operators.NotEquals, operators.Less, operators.LessEquals,
 			operators.Greater, operators.GreaterEquals:
-			errL := c.errScope()
-			f.I32(2)
-			if err := c.compare(call.FunctionName(), args[0], args[1], errL); err != nil {
-				return err
-			}
-			f.Get(errL).Op(OpSelect)
-			f.release(I32, errL)
-			return nil
+			return c.leaf(func(errL uint32) error { return c.compare(call.FunctionName(), args[0], args[1], errL) })
 		case operators.In:
-			errL := c.errScope()
-			f.I32(2)
-			if err := c.in(args[0], args[1], errL); err != nil {
-				return err
-			}
-			f.Get(errL).Op(OpSelect)
-			f.release(I32, errL)
-			return nil
+			return c.leaf(func(errL uint32) error { return c.in(args[0], args[1], errL) })
 		case "startsWith", "endsWith", "contains":
 			if !call.IsMemberFunction() || len(args) != 1 {
 				break
 			}
-			errL := c.errScope()
-			f.I32(2)
-			if err := c.valAs(call.Target(), tString, errL); err != nil {
-				return err
-			}
-			if lit, ok := stringLit(args[0]); ok && len(lit) >= 1 && len(lit) <= 8 && call.FunctionName() != "contains" {
-				c.affix(call.FunctionName() == "startsWith", lit)
-				f.Get(errL).Op(OpSelect)
-				f.release(I32, errL)
+			return c.leaf(func(errL uint32) error {
+				if err := c.valAs(call.Target(), tString, errL); err != nil {
+					return err
+				}
+				if lit, ok := stringLit(args[0]); ok && len(lit) >= 1 && len(lit) <= 8 && call.FunctionName() != "contains" {
+					c.affix(call.FunctionName() == "startsWith", lit)
+					return nil
+				}
+				if err := c.valAs(args[0], tString, errL); err != nil {
+					return err
+				}
+				f.Call(map[string]uint32{"startsWith": c.h.strStarts, "endsWith": c.h.strEnds, "contains": c.h.strContains}[call.FunctionName()])
 				return nil
-			}
-			if err := c.valAs(args[0], tString, errL); err != nil {
-				return err
-			}
-			f.Call(map[string]uint32{"startsWith": c.h.strStarts, "endsWith": c.h.strEnds, "contains": c.h.strContains}[call.FunctionName()])
-			f.Get(errL).Op(OpSelect)
-			f.release(I32, errL)
-			return nil
+			})
 		}
 	}
 	// Anything else of type bool or dyn: compute the value, then check it is a bool.
+	return c.leaf(func(errL uint32) error { return c.valAs(e, tBool, errL) })
+}
+
+// leaf pushes the tristate of a boolean that body pushes as an i32 0/1, in a new error scope:
+// error if body set the scope's flag, else false or true.
+func (c *compiler) leaf(body func(errL uint32) error) error {
+	f := c.f
 	errL := c.errScope()
-	f.I32(2)
-	if err := c.valAs(e, tBool, errL); err != nil {
+	f.I32(triError)
+	if err := body(errL); err != nil {
 		return err
 	}
-	f.Get(errL).Op(OpSelect)
+	f.I32(1).Op(OpI32Shl).Get(errL).Op(OpSelect) // 0/1 -> false/true, or error
 	f.release(I32, errL)
 	return nil
 }
@@ -315,12 +354,16 @@ func (c *compiler) affix(prefix bool, lit string) {
 	f.release(I32, p, l)
 }
 
-// logic pushes the tristate of a && b (and) or a || b, with CEL's commutative error
-// absorption: false && error = false, true || error = true.
+// logic pushes the tristate of a && b (and: the smaller tristate) or a || b (or: the larger),
+// which is CEL's commutative error absorption: false && error = false, true || error = true.
 func (c *compiler) logic(and bool, args []ast.Expr) error {
 	f := c.f
 	if err := c.boolExpr(args[0]); err != nil {
 		return err
+	}
+	cmp := byte(OpI32LtU)
+	if !and {
+		cmp = OpI32GtU
 	}
 	for _, b := range args[1:] {
 		ta, tb := f.local(I32), f.local(I32)
@@ -329,13 +372,7 @@ func (c *compiler) logic(and bool, args []ast.Expr) error {
 			return err
 		}
 		f.Set(tb)
-		decisive := int32(0)
-		if !and {
-			decisive = 1
-		}
-		// decisive if either operand is; otherwise the larger (error 2 over the other value).
-		f.I32(decisive).Get(ta).Get(tb).Get(ta).Get(tb).Op(OpI32GtU, OpSelect)
-		f.Get(ta).I32(decisive).Op(OpI32Eq).Get(tb).I32(decisive).Op(OpI32Eq, OpI32Or, OpSelect)
+		f.Get(ta).Get(tb).Get(ta).Get(tb).Op(cmp, OpSelect)
 		f.release(I32, ta, tb)
 	}
 	return nil
@@ -416,8 +453,7 @@ func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
 			f.Op(map[string]byte{operators.Add: OpF64Add, operators.Subtract: OpF64Sub, operators.Multiply: OpF64Mul, operators.Divide: OpF64Div}[fn])
 			return tDouble, nil
 		}
-		f.Call(map[string]uint32{operators.Add: c.h.add, operators.Subtract: c.h.sub, operators.Multiply: c.h.mul, operators.Divide: c.h.div, operators.Modulo: c.h.mod}[fn])
-		c.setErr(errL)
+		c.intArith(fn, args, errL)
 		return tInt, nil
 	case operators.Negate:
 		if rt != tInt && rt != tDouble {
@@ -458,7 +494,8 @@ func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
 		if err := c.boolExpr(args[0]); err != nil {
 			return 0, err
 		}
-		f.Tee(t).I32(2).Op(OpI32Eq).If(bt)
+		c.errFresh = 0 // the flag is set in one branch only
+		f.Tee(t).I32(triError).Op(OpI32Eq).If(bt)
 		f.I32(1).Set(errL)
 		c.zero(rt)
 		f.Else().Get(t).If(bt)
@@ -484,14 +521,85 @@ func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
 			if err := c.boolExpr(e); err != nil {
 				return 0, err
 			}
-			f.Tee(t).I32(2).Op(OpI32Eq)
+			f.Tee(t).I32(triError).Op(OpI32Eq)
 			c.setErr(errL)
-			f.Get(t).I32(1).Op(OpI32And)
+			f.Get(t).I32(1).Op(OpI32ShrU) // true 2 -> 1, false (or error) -> 0
 			f.release(I32, t)
 			return tBool, nil
 		}
 	}
 	return 0, c.errorAt(e, "function %s is not supported in rules", call.FunctionName())
+}
+
+// intArith replaces the two int64s on the stack by their sum, difference, product, quotient
+// or remainder, setting errL on overflow or a zero divisor as CEL does. Addition, subtraction
+// and multiplication by a constant are inline (a call costs the engine more than the
+// arithmetic: it saves and restores every live register); the rest call a helper.
+func (c *compiler) intArith(fn string, args []ast.Expr, errL uint32) {
+	f := c.f
+	switch fn {
+	case operators.Add, operators.Subtract:
+		x, y, r := f.local(I64), f.local(I64), f.local(I64)
+		f.Set(y).Set(x)
+		if fn == operators.Add { // overflow: the result's sign differs from both operands'
+			f.Get(x).Get(y).Op(OpI64Add).Tee(r)
+			f.Get(x).Get(r).Op(OpI64Xor).Get(y).Get(r).Op(OpI64Xor, OpI64And)
+		} else { // overflow: the operands' signs differ and the result's differs from x's
+			f.Get(x).Get(y).Op(OpI64Sub).Tee(r)
+			f.Get(x).Get(y).Op(OpI64Xor).Get(x).Get(r).Op(OpI64Xor, OpI64And)
+		}
+		f.I64(0).Op(OpI64LtS)
+		c.setErr(errL)
+		f.release(I64, x, y, r)
+		return
+	case operators.Multiply:
+		for i, a := range args {
+			k, ok := intLit(a)
+			if !ok {
+				continue
+			}
+			x, y := f.local(I64), f.local(I64)
+			f.Set(y).Set(x)
+			v := x // the other operand
+			if i == 0 {
+				v = y
+			}
+			f.Get(v).I64(k).Op(OpI64Mul)
+			if lo, hi, ok := mulRange(k); ok {
+				// overflow unless lo <= v <= hi: one unsigned compare of v-lo with hi-lo.
+				f.Get(v).I64(lo).Op(OpI64Sub).I64(int64(uint64(hi) - uint64(lo))).Op(OpI64GtU)
+				c.setErr(errL)
+			}
+			f.release(I64, x, y)
+			return
+		}
+	}
+	f.Call(map[string]uint32{operators.Add: c.h.add, operators.Subtract: c.h.sub, operators.Multiply: c.h.mul, operators.Divide: c.h.div, operators.Modulo: c.h.mod}[fn])
+	c.setErr(errL)
+}
+
+// mulRange is the range of v for which v*k does not overflow int64; ok false when no v
+// overflows (k is 0 or 1).
+func mulRange(k int64) (lo, hi int64, ok bool) {
+	switch {
+	case k == 0 || k == 1:
+		return 0, 0, false
+	case k == -1:
+		return math.MinInt64 + 1, math.MaxInt64, true
+	case k > 1: // Go's division truncates toward zero: MinInt64/k rounds up, MaxInt64/k down.
+		return math.MinInt64 / k, math.MaxInt64 / k, true
+	default: // k < -1: v*k >= MinInt64 iff v <= MinInt64/k, v*k <= MaxInt64 iff v >= MaxInt64/k
+		return math.MaxInt64 / k, math.MinInt64 / k, true
+	}
+}
+
+// intLit reports e's value if it is an int literal.
+func intLit(e ast.Expr) (int64, bool) {
+	if e.Kind() != ast.LiteralKind {
+		return 0, false
+	}
+	v, ok := e.AsLiteral().(types.Int)
+	return int64(v), ok
 }
 
 // blockType is the block type of a block yielding a value of type t.
@@ -538,7 +646,7 @@ func (c *compiler) readSlot(i int, t typ, errL uint32) {
 			want = kindDouble
 		}
 		kind()
-		f.I32(want).Op(OpI32Ne)
+		f.I32(want).Op(OpI32Xor) // non-zero: another kind, an error
 		c.setErr(errL)
 		if t == tInt {
 			f.Get(c.zl).Mem(OpI64Load, a+8)
@@ -559,10 +667,12 @@ func (c *compiler) readSlot(i int, t typ, errL uint32) {
 		f.Tee(k).I32(kindAbsent).Op(OpI32Eq).Get(k).I32(kindString).Op(OpI32GtU, OpI32Or)
 		c.setErr(errL)
 		f.Get(k)
-		f.Get(k).I32(kindString).Op(OpI32Eq).If(BlockVal(I64))
+		// A string's address<<32 | length, else the payload as is (no branch: both loads
+		// are of this slot).
 		f.Get(c.zl).Mem(OpI32Load, a+8).I32(int32(c.ib)).Op(OpI32Add, OpI64ExtendI32U).I64(32).Op(OpI64Shl)
 		f.Get(c.zl).Mem(OpI32Load, a+4).Op(OpI64ExtendI32U, OpI64Or)
-		f.Else().Get(c.zl).Mem(OpI64Load, a+8).End()
+		f.Get(c.zl).Mem(OpI64Load, a+8)
+		f.Get(k).I32(kindString).Op(OpI32Eq, OpSelect)
 		f.release(I32, k)
 	}
 }
@@ -629,10 +739,17 @@ func (c *compiler) convert(e ast.Expr, from, to typ, errL uint32) error {
 type operand struct {
 	t    typ
 	push func(as typ) error
+	// dynSlot is 1 + the input slot when the operand is a dyn input read as is (trait(...)),
+	// which a comparison with a number can read without building a dyn value; else 0.
+	dynSlot int
 }
 
 func (c *compiler) exprOperand(e ast.Expr, errL uint32) operand {
-	return operand{t: c.typeOf(e), push: func(as typ) error { return c.valAs(e, as, errL) }}
+	o := operand{t: c.typeOf(e), push: func(as typ) error { return c.valAs(e, as, errL) }}
+	if r, ok, err := c.vocab(e); err == nil && ok && !r.has && r.seg < 0 && r.t == tDyn && o.t == tDyn {
+		o.dynSlot = r.slot + 1
+	}
+	return o
 }
 
 // compare pushes the i32 0/1 (or 2, an error) of a op b.
@@ -655,22 +772,46 @@ func (c *compiler) compare(op string, a, b ast.Expr, errL uint32) error {
 	return c.compareOperands(op, c.exprOperand(a, errL), c.exprOperand(b, errL), a, errL)
 }
 
-// internedIn pushes whether interned slot i equals one of consts (error if absent).
+// internedIn pushes whether interned slot i equals one of consts (error if absent): its kind
+// is "interned" and its id one of the constants' (a run of consecutive ids is one range check).
 func (c *compiler) internedIn(i int, consts []string, errL uint32) {
 	f := c.f
 	a := c.slotAddr(i)
-	f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindAbsent).Op(OpI32Eq)
+	k := f.local(I32)
+	f.Get(c.zl).Mem(OpI32Load8U, a).Tee(k).Op(OpI32Eqz)
 	c.setErr(errL)
-	f.Get(c.zl).Mem(OpI32Load8U, a).I32(kindInterned).Op(OpI32Eq)
-	f.I32(0)
+	f.Get(k).I32(kindInterned).Op(OpI32Eq)
+	f.release(I32, k)
+	var ids []int64
 	for _, s := range consts {
-		id := 0
+		id := int64(0)
 		for j, x := range c.m.Inputs[i].Strings {
 			if x == s {
-				id = j + 1
+				id = int64(j + 1)
 			}
 		}
-		f.Get(c.zl).Mem(OpI64Load, a+8).I64(int64(id)).Op(OpI64Eq, OpI32Or)
+		if id != 0 && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	switch {
+	case len(ids) == 0: // none of the constants is one of the slot's strings
+		f.Op(OpDrop).I32(0)
+		return
+	case ids[len(ids)-1]-ids[0] == int64(len(ids)-1): // lo <= id <= hi
+		f.Get(c.zl).Mem(OpI64Load, a+8)
+		if ids[0] != 0 {
+			f.I64(ids[0]).Op(OpI64Sub)
+		}
+		f.I64(ids[len(ids)-1] - ids[0]).Op(OpI64LeU)
+	default:
+		for j, id := range ids {
+			f.Get(c.zl).Mem(OpI64Load, a+8).I64(id).Op(OpI64Eq)
+			if j > 0 {
+				f.Op(OpI32Or)
+			}
+		}
 	}
 	f.Op(OpI32And)
 }
@@ -713,6 +854,9 @@ func (c *compiler) compareOperands(op string, a, b operand, at ast.Expr, errL ui
 	if a.t == 0 || b.t == 0 {
 		return c.errorAt(at, "comparison of these types is not supported")
 	}
+	if (a.t == tDyn && numeric(b.t)) || (numeric(a.t) && b.t == tDyn) {
+		return c.compareDynNumber(op, a, b, errL)
+	}
 	if err := push(a, tDyn); err != nil {
 		return err
 	}
@@ -733,6 +877,94 @@ func (c *compiler) compareOperands(op string, a, b operand, at ast.Expr, errL ui
 		f.Get(r).I32(3).Op(OpI32Ne, OpI32And) // 3: unordered (NaN), every ordering is false
 		f.release(I32, r)
 	}
+	return nil
+}
+
+// compareDynNumber pushes a op b where one side is dyn and the other an int or a double,
+// inline and without branches, with the semantics of the dyn_eq and dyn_cmp helpers: a dyn
+// int compares exactly with an int and as a double with a double, a dyn double as a double;
+// ordering a dyn of another kind with a number is an error, equality is false.
+func (c *compiler) compareDynNumber(op string, a, b operand, errL uint32) error {
+	f := c.f
+	d, n, dynLeft := a, b, a.t == tDyn
+	if !dynLeft {
+		d, n = b, a
+	}
+	k, p := f.local(I32), f.local(I64)
+	if d.dynSlot > 0 {
+		// Read kind and payload straight from the slot; absent or not a value kind is an
+		// error, as readSlot makes it.
+		addr := c.slotAddr(d.dynSlot - 1)
+		f.Get(c.zl).Mem(OpI32Load8U, addr).Tee(k).Op(OpI32Eqz).Get(k).I32(kindString).Op(OpI32GtU, OpI32Or)
+		c.setErr(errL)
+		f.Get(c.zl).Mem(OpI64Load, addr+8).Set(p)
+	} else {
+		if err := d.push(tDyn); err != nil {
+			return err
+		}
+		f.Set(p).Set(k)
+	}
+	nl := map[typ]ValType{tInt: I64, tDouble: F64}[n.t]
+	x := f.local(nl)
+	if err := n.push(n.t); err != nil {
+		return err
+	}
+	f.Set(x)
+	isInt := f.local(I32)
+	f.Get(k).I32(kindInt).Op(OpI32Eq).Set(isInt)
+	// cmp pushes the comparison with the dyn side read by dyn() and the number by num().
+	cmp := func(ops map[string]byte, dyn, num func()) {
+		if dynLeft {
+			dyn()
+			num()
+		} else {
+			num()
+			dyn()
+		}
+		f.Op(ops[op])
+	}
+	i64Ops := map[string]byte{operators.Equals: OpI64Eq, operators.NotEquals: OpI64Ne, operators.Less: OpI64LtS,
+		operators.LessEquals: OpI64LeS, operators.Greater: OpI64GtS, operators.GreaterEquals: OpI64GeS}
+	f64Ops := map[string]byte{operators.Equals: OpF64Eq, operators.NotEquals: OpF64Ne, operators.Less: OpF64Lt,
+		operators.LessEquals: OpF64Le, operators.Greater: OpF64Gt, operators.GreaterEquals: OpF64Ge}
+	numF64 := func() {
+		f.Get(x)
+		if n.t == tInt {
+			f.Op(OpF64ConvertI64S)
+		}
+	}
+	eqOp := op
+	if op == operators.NotEquals {
+		eqOp = operators.Equals // computed as equality, negated at the end
+	}
+	op, opIn := eqOp, op
+	// The dyn is an int.
+	if n.t == tInt {
+		cmp(i64Ops, func() { f.Get(p) }, func() { f.Get(x) })
+	} else {
+		cmp(f64Ops, func() { f.Get(p).Op(OpF64ConvertI64S) }, func() { f.Get(x) })
+	}
+	// The dyn is a double (NaN: every comparison false, as IEEE 754 and cel-go).
+	cmp(f64Ops, func() { f.Get(p).Op(OpF64ReinterpretI64) }, numF64)
+	if op == operators.Equals {
+		f.Get(k).I32(kindDouble).Op(OpI32Eq, OpI32And) // any other kind: not equal
+	}
+	f.Get(isInt).Op(OpSelect)
+	switch opIn {
+	case operators.Equals:
+	case operators.NotEquals:
+		f.Op(OpI32Eqz)
+	default: // ordering a dyn that is not a number with a number: an error, unless the number
+		// is NaN (then every ordering is false, whatever the other side is)
+		f.Get(isInt).Get(k).I32(kindDouble).Op(OpI32Eq, OpI32Or, OpI32Eqz)
+		if n.t == tDouble {
+			f.Get(x).Get(x).Op(OpF64Eq, OpI32And)
+		}
+		c.setErr(errL)
+	}
+	f.release(I32, k, isInt)
+	f.release(I64, p)
+	f.release(nl, x)
 	return nil
 }
 
