@@ -89,13 +89,26 @@ func (f fragmentRef) namedBy(r *purge.Request) bool {
 // refreshFragments fetches again the fragments of the current ruleset that purge r names and
 // swaps in a variant set with their new HTML, so a purged fragment changes what pages show
 // right away, not at the next ruleset version. A fragment that cannot be fetched keeps its
-// previous HTML (and is counted and logged).
+// previous HTML (and is counted and logged). The previous version kept loaded to fall back to
+// (quarantine.go) is refreshed too, so a fallback does not bring back purged HTML.
 func (e *edge) refreshFragments(ctx context.Context, r *purge.Request) {
-	rs := e.acquire()
-	if rs == nil {
-		return
+	if rs := e.acquire(); rs != nil {
+		e.refreshFragmentsOf(ctx, rs, r)
+		rs.refs.Done()
 	}
-	defer rs.refs.Done()
+	e.fb.mu.Lock()
+	prev := e.fb.prev
+	if prev != nil {
+		prev.refs.Add(1) // retire waits for it
+	}
+	e.fb.mu.Unlock()
+	if prev != nil {
+		e.refreshFragmentsOf(ctx, prev, r)
+		prev.refs.Done()
+	}
+}
+
+func (e *edge) refreshFragmentsOf(ctx context.Context, rs *edgeRuleset, r *purge.Request) {
 	rs.refreshMu.Lock()
 	defer rs.refreshMu.Unlock()
 	cur := rs.variants.Load()

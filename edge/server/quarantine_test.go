@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
+	"github.com/segedge/segedge/core/purge"
 	"github.com/segedge/segedge/core/rules"
 	"github.com/segedge/segedge/edge/identity"
 	"github.com/segedge/segedge/edge/push"
@@ -230,5 +234,36 @@ func TestEdgeQuarantineWithoutFallbackFailsClosed(t *testing.T) {
 	}
 	if e.isActive(1) {
 		t.Fatal("a quarantined version made current again must be reloaded (retried)")
+	}
+}
+
+// A purge refreshes the fragments of the version kept to fall back to as well as the active
+// one's, so a fallback never brings back purged HTML.
+func TestPurgeRefreshesTheKeptVersionsFragments(t *testing.T) {
+	var html atomic.Value
+	html.Store("old hero")
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(html.Load().(string)))
+	}))
+	defer up.Close()
+	q := newQuarantineEdge(t, wasm.Config{})
+	e := q.e
+	e.cfg.UpstreamURL = up.URL
+	good := "../../wasm/ruleset/testdata/promo.wasm"
+	withFragment := func(rs *edgeRuleset) *edgeRuleset {
+		rs.fragments = []fragmentRef{{slot: 0, variant: 0, path: "/frag.html"}}
+		rs.variants.Store(&variantSet{bytes: [][][]byte{{[]byte("old hero"), []byte("shop")}}})
+		return rs
+	}
+	v1 := withFragment(q.load(1, quarantineRules("v1"), good))
+	e.activate(v1)
+	v2 := withFragment(q.load(2, quarantineRules("v2"), good))
+	e.activate(v2) // v2 has a module: v1 is kept
+	html.Store("new hero")
+	e.refreshFragments(context.Background(), &purge.Request{URLs: []string{"/frag.html"}})
+	for _, rs := range []*edgeRuleset{v2, v1} {
+		if got := string(rs.variants.Load().bytes[0][0]); got != "new hero" {
+			t.Errorf("version %d after the purge: fragment %q, want the refetched one", rs.version, got)
+		}
 	}
 }
