@@ -241,6 +241,10 @@ func originKey(id string) string { return originKeyPrefix + id }
 // run keeps the leases until ctx ends, then stops every worker and releases their leases.
 func (l *leaser) run(ctx context.Context) {
 	l.log.Info("partition leases", "origin", l.id, "ttl", l.ttl, "partitions", len(l.e.cfg.Partitions))
+	kick := make(chan struct{}, 1)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go l.watchChanges(wctx, kick)
 	for {
 		wait, ok := l.round(ctx)
 		if ok && !l.e.ready.Load() {
@@ -248,10 +252,50 @@ func (l *leaser) run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+			stopWatch()
 			l.releaseAll()
 			return
 		case <-time.After(wait):
+		case <-kick:
 		}
+	}
+}
+
+// watchChanges wakes the lease loop when the sharing changes: an origin appears (holders above
+// the new share release partitions for it), or a lease or heartbeat is deleted (an origin
+// released partitions or stopped: they can be taken now rather than at the next renewal).
+// Renewals, the bulk of the bucket's traffic, wake nothing.
+func (l *leaser) watchChanges(ctx context.Context, kick chan<- struct{}) {
+	for ctx.Err() == nil {
+		w, err := l.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		known := map[string]bool{}
+		for en := range w.Updates() { // closed when ctx ends or the connection closes
+			if en == nil {
+				continue
+			}
+			wake := en.Operation() != jetstream.KeyValuePut
+			if strings.HasPrefix(en.Key(), originKeyPrefix) {
+				if wake {
+					delete(known, en.Key())
+				} else if !known[en.Key()] {
+					known[en.Key()], wake = true, true
+				}
+			}
+			if wake {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			}
+		}
+		_ = w.Stop()
 	}
 }
 
