@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		quarantines: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "segedge_wasm_quarantines_total",
-			Help: "Rule modules quarantined after consecutive failed evaluations; the previous version was reinstated.",
+			Help: "Modules quarantined after consecutive failed evaluations (a standalone module: the previous version is reinstated; a module inside a ruleset: see segedge_{origin,edge}_ruleset_quarantines_total for what the host did).",
 		}),
 		swaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "segedge_wasm_swaps_total",
