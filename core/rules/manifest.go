@@ -200,14 +200,17 @@ func (m *Manifest) resolve(i int, prof FeatureSource, ix IndexedFeatureSource, r
 	if in.Request != "" {
 		return requestValue(in, req)
 	}
-	var v profile.Value
-	ok := false
-	if ix != nil {
-		v, ok = ix.FeatureAt(i, in.Feature, now)
-	} else if prof != nil {
-		v, ok = prof.Value(in.Feature, now)
+	// Each answer goes straight into coerce's registers: assigning it to a variable first
+	// costs a struct copy that stalls on store forwarding (Value has five fields, so the
+	// compiler keeps it in memory).
+	k := featureKind(in.Feature.Kind)
+	switch {
+	case ix != nil:
+		return k.coerce(ix.FeatureAt(i, in.Feature, now))
+	case prof != nil:
+		return k.coerce(prof.Value(in.Feature, now))
 	}
-	return coerce(in.Feature.Kind, &v, ok)
+	return k.coerce(profile.Value{}, false)
 }
 
 // requestValue is request input in of req (nil: no request, every field absent).
@@ -243,10 +246,15 @@ func requestValue(in *Input, req RequestSource) scalar {
 	return scalar{kind: profile.KindString, str: s}
 }
 
+// featureKind is a profile.FeatureKind with the coercion as a method, so a source's two
+// results can be passed to it as they are.
+type featureKind profile.FeatureKind
+
 // coerce is what a feature of kind k reads as, given what the source answered (v, ok): counts
 // and since() are ints, sums and scores doubles (a count, sum or score the source does not
 // have is 0, since() absent); a trait is whatever the source has.
-func coerce(k profile.FeatureKind, v *profile.Value, ok bool) scalar {
+func (fk featureKind) coerce(v profile.Value, ok bool) scalar {
+	k := profile.FeatureKind(fk)
 	vk := v.Kind
 	if !ok {
 		vk = profile.KindAbsent
