@@ -1,8 +1,11 @@
 package event
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -109,4 +112,41 @@ func FuzzDecodeMessageAgreesWithEncodingJSON(f *testing.F) {
 			t.Fatalf("events %+v at %v, encoding/json says %+v at %v", evs, at, wevs, wat)
 		}
 	})
+}
+
+// FuzzAppendWireMatchesMarshal: the hand-written encoder writes exactly the bytes json.Marshal
+// writes, whenever it does not step aside, for ids, types and props of any content.
+func FuzzAppendWireMatchesMarshal(f *testing.F) {
+	f.Add("e1", "u1", "page_view", `{"path":"/a?b=<c>&d","n":1e21,"m":1e-7,"z":-0,"x":[true,null,{"k":"\u2028\t\u0001"}]}`, int64(1795950000000))
+	f.Add("é", "u\x00", "", `{"big":123456789012345678901234567890,"small":0.000001,"a":{"b":[[],{}]}}`, int64(-1))
+	f.Add("\xff", "u", "t", `{}`, int64(0))
+	f.Fuzz(func(t *testing.T, id, user, typ, props string, ts int64) {
+		ev := Event{ID: id, UserID: user, Type: typ, TS: time.UnixMilli(ts)}
+		if json.Unmarshal([]byte(props), &ev.Props) != nil {
+			ev.Props = nil
+		}
+		want, werr := json.Marshal(wire{ID: ev.ID, UserID: ev.UserID, Type: ev.Type, TS: ev.TS.UnixMilli(), Props: ev.Props, AcceptedAt: now.UnixNano()})
+		got, ok := appendWireFast([]byte("prefix"), ev, now)
+		if ok && (werr != nil || string(got) != "prefix"+string(want)) {
+			t.Fatalf("appendWireFast wrote %s, json.Marshal %s (%v)", got, want, werr)
+		}
+		all, err := AppendWire(nil, ev, now)
+		if (err != nil) != (werr != nil) || err == nil && string(all) != string(want) {
+			t.Fatalf("AppendWire = %s, %v; json.Marshal = %s, %v", all, err, want, werr)
+		}
+	})
+}
+
+// Props of Go types a decoded event never holds (ints, structs) still encode, through
+// json.Marshal; a NaN is still refused.
+func TestAppendWireOtherTypes(t *testing.T) {
+	ev := Event{ID: "e", UserID: "u", Type: "t", TS: now, Props: map[string]any{"n": 3, "s": struct{ A int }{1}, "u": "\xffok"}}
+	got, err := AppendWire(nil, ev, now)
+	if err != nil || !strings.Contains(string(got), `"props":{"n":3,"s":{"A":1},"u":"\ufffdok"}`) {
+		t.Errorf("AppendWire = %s, %v", got, err)
+	}
+	ev.Props = map[string]any{"x": math.NaN()}
+	if _, err := AppendWire(nil, ev, now); err == nil {
+		t.Error("a NaN prop was encoded")
+	}
 }
