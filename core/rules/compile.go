@@ -73,10 +73,12 @@ type compiler struct {
 	mod      wasmenc.Module
 	f        *fnBuilder
 	h        helpers
-	ib       uint32 // input buffer address
-	cb       uint32 // constants address
-	zl       uint32 // a local never set: the base of constant addresses (see generate)
-	errFresh uint32 // 1 + the error flag still 0 on every path here (see setErr); 0: none
+	ib       uint32            // input buffer address
+	cb       uint32            // constants address
+	zl       uint32            // a local never set: the base of constant addresses (see generate)
+	errFresh uint32            // 1 + the error flag still 0 on every path here (see setErr); 0: none
+	ifDepth  int               // ifs the code being generated is inside
+	memo     map[string]uint32 // boolean subexpression → local holding its tristate (see boolExpr)
 	consts   []byte
 	constOff map[string]uint32
 }

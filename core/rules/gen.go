@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 
 	"cel.dev/cel-go/common/ast"
 	"cel.dev/cel-go/common/operators"
@@ -70,6 +71,7 @@ func (c *compiler) generate(order []int) ([]byte, error) {
 	m := &c.mod
 	evalIdx := m.Reserve(m.Type([]ValType{I32}, []ValType{I32}))
 	c.f = &fnBuilder{nparams: 1, free: map[ValType][]uint32{}}
+	c.memo = map[string]uint32{}
 	f := c.f
 	// Every access to the input slots and the output has a constant address: it is written as
 	// an offset from local zl, which is never set (so always 0), instead of from an i32.const 0.
@@ -231,8 +233,80 @@ const (
 	triTrue  = 2
 )
 
-// boolExpr pushes e as a tristate.
+// boolExpr pushes e as a tristate. A boolean subexpression that an earlier segment (or an
+// earlier part of this rule) already computed outside any if is not computed again: rules are
+// pure, so its tristate is kept in a local (segments of a ruleset often share conditions such
+// as request.country == "DE").
 func (c *compiler) boolExpr(e ast.Expr) error {
+	key := ""
+	if c.ifDepth == 0 && e.Kind() == ast.CallKind && e.AsCall().FunctionName() != fnSegment {
+		if key = exprKey(e); key != "" {
+			if l, ok := c.memo[key]; ok {
+				c.f.Get(l)
+				return nil
+			}
+		}
+	}
+	if err := c.boolExprOnce(e); err != nil {
+		return err
+	}
+	if key != "" {
+		l := c.f.local(I32) // never released: read by later segments
+		c.f.Tee(l)
+		c.memo[key] = l
+	}
+	return nil
+}
+
+// exprKey is a canonical form of e (the same for the same expression in any rule), or "" for
+// a kind of expression it does not cover.
+func exprKey(e ast.Expr) string {
+	var b strings.Builder
+	if !writeKey(&b, e) {
+		return ""
+	}
+	return b.String()
+}
+
+func writeKey(b *strings.Builder, e ast.Expr) bool {
+	switch e.Kind() {
+	case ast.LiteralKind:
+		fmt.Fprintf(b, "%T(%q)", e.AsLiteral(), fmt.Sprint(e.AsLiteral().Value()))
+	case ast.IdentKind:
+		b.WriteString(e.AsIdent())
+	case ast.ListKind:
+		b.WriteByte('[')
+		for _, el := range e.AsList().Elements() {
+			if !writeKey(b, el) {
+				return false
+			}
+			b.WriteByte(',')
+		}
+		b.WriteByte(']')
+	case ast.CallKind:
+		call := e.AsCall()
+		if call.IsMemberFunction() {
+			if !writeKey(b, call.Target()) {
+				return false
+			}
+			b.WriteByte('.')
+		}
+		b.WriteString(call.FunctionName())
+		b.WriteByte('(')
+		for _, a := range call.Args() {
+			if !writeKey(b, a) {
+				return false
+			}
+			b.WriteByte(',')
+		}
+		b.WriteByte(')')
+	default:
+		return false
+	}
+	return true
+}
+
+func (c *compiler) boolExprOnce(e ast.Expr) error {
 	f := c.f
 	switch e.Kind() {
 	case ast.LiteralKind:
@@ -273,6 +347,7 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 				c.errFresh = 0
 				f.Tee(t).I32(triError).Op(OpI32Eq).If(BlockVal(I32)).I32(triError).Else().Get(t).If(BlockVal(I32))
 				f.release(I32, t)
+				c.ifDepth++ // what the branches compute is not known after them
 				if err := c.boolExpr(args[1]); err != nil {
 					return err
 				}
@@ -281,6 +356,7 @@ func (c *compiler) boolExpr(e ast.Expr) error {
 					return err
 				}
 				f.End().End()
+				c.ifDepth--
 				return nil
 			}
 		case operators.Equals, operators.NotEquals, operators.Less, operators.LessEquals,
@@ -500,6 +576,7 @@ func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
 		c.zero(rt)
 		f.Else().Get(t).If(bt)
 		f.release(I32, t)
+		c.ifDepth++ // what the branches compute is not known after them
 		if err := c.valAs(args[1], rt, errL); err != nil {
 			return 0, err
 		}
@@ -508,6 +585,7 @@ func (c *compiler) val(e ast.Expr, errL uint32) (typ, error) {
 			return 0, err
 		}
 		f.End().End()
+		c.ifDepth--
 		return rt, nil
 	}
 	if rt == tBool {
