@@ -25,8 +25,8 @@ func BenchmarkEncodeMessage50(b *testing.B) {
 	for _, e := range []struct {
 		name string
 		fn   func([]byte, Event, time.Time) ([]byte, error)
-	}{{"encoding_json", appendWireStd}, {"handwritten", AppendWire}} {
-		b.Run("encoder="+e.name, func(b *testing.B) {
+	}{{"encoding_json", appendWireStd}, {"segedge", AppendWire}} {
+		b.Run("impl="+e.name, func(b *testing.B) {
 			b.ReportAllocs()
 			var buf []byte
 			for b.Loop() {
@@ -55,8 +55,8 @@ func BenchmarkDecodeMessage50(b *testing.B) {
 	for _, d := range []struct {
 		name string
 		fn   func([]byte, []Event, []time.Time) ([]Event, []time.Time, error)
-	}{{"encoding_json", decodeMessageStd}, {"scanner", DecodeMessage}} {
-		b.Run("decoder="+d.name, func(b *testing.B) {
+	}{{"encoding_json", decodeMessageStd}, {"segedge", DecodeMessage}} {
+		b.Run("impl="+d.name, func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			var got []Event
@@ -89,8 +89,8 @@ func BenchmarkDecodeBody50(b *testing.B) {
 	for _, d := range []struct {
 		name string
 		fn   func([]byte, string, Limits, time.Time) ([]Event, []FieldError, error)
-	}{{"encoding_json", referenceDecode}, {"scanner", Decode}} {
-		b.Run("decoder="+d.name, func(b *testing.B) {
+	}{{"encoding_json", referenceDecode}, {"segedge", Decode}} {
+		b.Run("impl="+d.name, func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
