@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -226,5 +228,52 @@ func TestRegroupedRedeliveryDoesNotRepublishDeltas(t *testing.T) {
 	}
 	if len(all) <= len(first) {
 		t.Fatalf("%d messages, want the first origin's %d and the new event's", len(all), len(first))
+	}
+}
+
+// The last flush of a partition may have been split into several messages, with other
+// partitions' messages between them: tailVersions reads all its parts and nothing of the
+// other partitions.
+func TestTailVersionsReadsEveryPartOfTheLastFlush(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := func(p int, part string, ds ...*delta.Delta) {
+		t.Helper()
+		body, err := delta.EncodeBatch(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := nats.NewMsg(n.Topology.DeltaSubject(p))
+		msg.Data = body
+		if part != "" {
+			msg.Header.Set(partHeader, part)
+		}
+		if _, err := n.JS.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng, err := New(Config{JS: n.JS, Topology: n.Topology, Store: memory.New(store.Options{}), Members: members.NewMemory(),
+		Schedule: schedule.NewMemory(), Rules: func() Rules { return parityRules{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if have, err := eng.tailVersions(ctx, 0); err != nil || len(have) != 0 {
+		t.Fatalf("empty subject: %v, %v", have, err)
+	}
+	pub(0, "", &delta.Delta{UserID: "old", Version: 1})    // an earlier flush
+	pub(0, "1/3", &delta.Delta{UserID: "ann", Version: 1}) // the last flush, split in three
+	pub(1, "", &delta.Delta{UserID: "other", Version: 5})  // another partition's
+	pub(0, "2/3", &delta.Delta{UserID: "ann", Version: 2}, &delta.Delta{UserID: "ben", Version: 4})
+	pub(1, "1/2", &delta.Delta{UserID: "other", Version: 6})
+	pub(0, "3/3", &delta.Delta{UserID: "cat", Version: 1})
+	have, err := eng.tailVersions(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]uint64{"ann": 2, "ben": 4, "cat": 1}; !maps.Equal(have, want) {
+		t.Fatalf("tail of partition 0 = %v, want %v", have, want)
 	}
 }
