@@ -96,6 +96,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (is JetStream enabled on %s?)", err, nc.ConnectedUrlRedacted())
 	}
+	if cfg.NATSURL == "" {
+		// The embedded server lives and dies with this process, so the partition leases it kept
+		// are an earlier run's, which is gone (killed): clear them, and the partitions are taken
+		// at once instead of after the lease TTL. (Origins that share partitions use a real NATS.)
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := js.DeleteKeyValue(lctx, topo.LeaseBucket())
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			log.Warn("clear the partition leases of an earlier run", "err", err)
+		}
+	}
 	ready.Add("nats", func(context.Context) error { return bus.Check(nc) })
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_origin_nats_connected", Help: "1 while the origin is connected to NATS, else 0."},
 		func() float64 {
