@@ -228,6 +228,25 @@ func FuzzDecodeBatch(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ds, err := DecodeBatch(in)
+		// An array decodes as encoding/json decodes it into []Delta (FeatureValue.UnmarshalJSON).
+		if trimmed := bytes.TrimLeft(in, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '[' {
+			var ref []Delta
+			rerr := json.Unmarshal(trimmed, &ref)
+			if (rerr == nil) != (err == nil || errors.As(err, new(*BatchError))) {
+				t.Fatalf("DecodeBatch error %v, encoding/json's %v", err, rerr)
+			}
+			if rerr == nil {
+				kept := []Delta{}
+				for _, d := range ref {
+					if d.check() == nil {
+						kept = append(kept, d)
+					}
+				}
+				if len(kept) != len(ds) || (len(ds) > 0 && !reflect.DeepEqual(kept, ds)) {
+					t.Fatalf("DecodeBatch = %+v, encoding/json = %+v", ds, kept)
+				}
+			}
+		}
 		var berr *BatchError
 		if err != nil && !errors.As(err, &berr) {
 			if len(ds) != 0 {

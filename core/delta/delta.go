@@ -93,15 +93,24 @@ func (f FeatureValue) MarshalJSON() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON implements json.Unmarshaler. Numbers and booleans are parsed from the raw value
-// directly (an edge decodes every delta's features; a second json.Unmarshal per value cost more
-// than the rest of the feature).
+// UnmarshalJSON implements json.Unmarshaler.
 func (f *FeatureValue) UnmarshalJSON(b []byte) error {
 	var w wireFeature
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	f.Key = w.K
+	v, err := w.value()
+	if err != nil {
+		return err
+	}
+	*f = v
+	return nil
+}
+
+// value converts the wire form. Numbers and booleans are parsed from the raw value directly (an
+// edge decodes every delta's features; a json.Unmarshal per value cost more than the rest).
+func (w *wireFeature) value() (FeatureValue, error) {
+	f := FeatureValue{Key: w.K}
 	var err error
 	switch w.T {
 	case "b":
@@ -126,12 +135,12 @@ func (f *FeatureValue) UnmarshalJSON(b []byte) error {
 		err = json.Unmarshal(w.V, &v)
 		f.Value = profile.StringValue(v)
 	default:
-		return fmt.Errorf("feature %s: unknown kind %q", w.K, w.T)
+		return FeatureValue{}, fmt.Errorf("feature %s: unknown kind %q", w.K, w.T)
 	}
 	if err != nil {
-		return fmt.Errorf("feature %s: %w", w.K, err)
+		return FeatureValue{}, fmt.Errorf("feature %s: %w", w.K, err)
 	}
-	return nil
+	return f, nil
 }
 
 // parseJSONFloat parses a JSON number (the outer decoder checked the syntax of the raw value, so
