@@ -137,6 +137,7 @@ func (c *claim) extend(until time.Time) bool {
 type leaseMetrics struct {
 	held    prometheus.Gauge
 	changes *prometheus.CounterVec
+	refused prometheus.Counter
 }
 
 func newLeaseMetrics(reg prometheus.Registerer) *leaseMetrics {
@@ -146,11 +147,13 @@ func newLeaseMetrics(reg prometheus.Registerer) *leaseMetrics {
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_partition_lease_changes_total",
 			Help: "Partition leases acquired, released (fair share or shutdown) and lost (taken over, or not renewed within 2/3 of the TTL)."},
 			[]string{"change"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_task_requests_refused_total",
+			Help: "Re-evaluations or erasures sent by another origin that could not be read (bad JSON, user id, cause or partition)."}),
 	}
 	for _, c := range []string{"acquired", "released", "lost"} {
 		m.changes.WithLabelValues(c)
 	}
-	reg.MustRegister(m.held, m.changes)
+	reg.MustRegister(m.held, m.changes, m.refused)
 	return m
 }
 
@@ -577,19 +580,9 @@ func (e *Engine) askHolder(ctx context.Context, p int, user string, cause delta.
 // serveTasks answers other origins' tasks for partition p while c's worker runs.
 func (e *Engine) serveTasks(p int, c *claim) (*nats.Subscription, error) {
 	return e.cfg.JS.Conn().Subscribe(e.cfg.Topology.TaskSubject(p), func(m *nats.Msg) {
-		var req taskRequest
-		err := json.Unmarshal(m.Data, &req)
-		switch {
-		case err != nil:
-			err = fmt.Errorf("decode task: %w", err)
-		case req.User == "" || len(req.User) > event.DefaultMaxIDLen:
-			err = errors.New("task: user id must be 1 to 128 bytes")
-		case req.Cause != delta.CauseRuleset && req.Cause != delta.CauseErase && req.Cause != delta.CauseExpiry:
-			err = fmt.Errorf("task: unknown cause %q", req.Cause)
-		case event.Partition(req.User, e.cfg.Topology.Partitions) != p:
-			err = fmt.Errorf("task: user is not in partition %d", p)
-		}
+		req, err := decodeTaskRequest(m.Data, p, e.cfg.Topology.Partitions)
 		if err != nil {
+			e.lm.refused.Inc()
 			e.cfg.Log.Warn("task from another origin refused", "partition", p, "err", err)
 			respondTask(m, err)
 			return
@@ -600,6 +593,23 @@ func (e *Engine) serveTasks(p int, c *claim) (*nats.Subscription, error) {
 			respondTask(m, submit(ctx, c, task{user: req.User, cause: req.Cause, done: make(chan error, 1)}))
 		}()
 	})
+}
+
+// decodeTaskRequest reads a task sent to the holder of partition p (of partitions).
+func decodeTaskRequest(b []byte, p, partitions int) (taskRequest, error) {
+	var req taskRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return req, fmt.Errorf("decode task: %w", err)
+	}
+	switch {
+	case req.User == "" || len(req.User) > event.DefaultMaxIDLen:
+		return req, fmt.Errorf("task: user id must be 1 to %d bytes", event.DefaultMaxIDLen)
+	case req.Cause != delta.CauseRuleset && req.Cause != delta.CauseErase && req.Cause != delta.CauseExpiry:
+		return req, fmt.Errorf("task: unknown cause %q", req.Cause)
+	case event.Partition(req.User, partitions) != p:
+		return req, fmt.Errorf("task: user is not in partition %d", p)
+	}
+	return req, nil
 }
 
 func respondTask(m *nats.Msg, err error) {

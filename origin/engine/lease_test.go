@@ -486,3 +486,50 @@ func TestOriginID(t *testing.T) {
 		}
 	}
 }
+
+// TestTaskRequestsAreChecked: a task another origin sends is refused with a clear error unless
+// it names a user of this partition and a known cause.
+func TestTaskRequestsAreChecked(t *testing.T) {
+	const partitions = 4
+	p := event.Partition("zoe", partitions)
+	for _, tc := range []struct {
+		name, body, err string
+	}{
+		{"re-evaluation", `{"user":"zoe","cause":"ruleset"}`, ""},
+		{"erasure", `{"user":"zoe","cause":"erase"}`, ""},
+		{"not JSON", `zoe`, "decode task"},
+		{"no user", `{"cause":"erase"}`, "user id must be"},
+		{"user too long", `{"user":"` + strings.Repeat("z", 129) + `","cause":"erase"}`, "user id must be"},
+		{"unknown cause", `{"user":"zoe","cause":"event"}`, "unknown cause"},
+		{"other partition", `{"user":"zoe","cause":"erase"}`, "not in partition"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			at := p
+			if tc.name == "other partition" {
+				at = (p + 1) % partitions
+			}
+			_, err := decodeTaskRequest([]byte(tc.body), at, partitions)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("decodeTaskRequest(%s) = %v, want %q", tc.body, err, tc.err)
+			}
+		})
+	}
+}
+
+// FuzzTaskRequest: whatever arrives on the task subject, decoding never panics, and what it
+// accepts is a valid task for the partition.
+func FuzzTaskRequest(f *testing.F) {
+	f.Add([]byte(`{"user":"zoe","cause":"ruleset"}`), 1)
+	f.Add([]byte(`{"user":"","cause":"erase"}`), 0)
+	f.Add([]byte(`{"user":"a","cause":"expiry","x":[1,2]}`), 3)
+	f.Add([]byte(`null`), 2)
+	f.Fuzz(func(t *testing.T, b []byte, p int) {
+		req, err := decodeTaskRequest(b, p, 4)
+		if err != nil {
+			return
+		}
+		if req.User == "" || len(req.User) > event.DefaultMaxIDLen || event.Partition(req.User, 4) != p {
+			t.Fatalf("accepted %q for partition %d: %+v", b, p, req)
+		}
+	})
+}
