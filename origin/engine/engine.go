@@ -440,8 +440,17 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 		}
 	}()
 	failed := make([]bool, len(keep))
+	touched := time.Now()
 	for lo := 0; lo < len(evs); {
 		hi := min(lo+e.cfg.Batch, len(evs))
+		if time.Since(touched) > e.cfg.AckWait/3 {
+			// Many big messages take several chunks: keep the ones still waiting ours, or
+			// JetStream would redeliver them while we work through the earlier ones.
+			for _, m := range keep[owner[lo]:] {
+				_ = m.InProgress()
+			}
+			touched = time.Now()
+		}
 		var bad []bool
 		if bad, err = e.applyChunk(ctx, p, keep[owner[lo]:], evs[lo:hi], accepted[lo:hi], ctxs[lo:hi]); err != nil {
 			return // ctx ended: the unacknowledged messages come back

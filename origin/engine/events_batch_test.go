@@ -182,3 +182,60 @@ func TestEventMessagesAreAppliedWholeAndAcknowledged(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// slowStore is the memory store taking delay for every ApplyBatch.
+type slowStore struct {
+	store.Store
+	delay time.Duration
+}
+
+func (s slowStore) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
+	time.Sleep(s.delay)
+	return s.Store.ApplyBatch(ctx, evs, spec)
+}
+
+// TestMessagesWaitingForLaterChunksAreNotRedelivered: a big message takes many chunks, longer
+// than AckWait in all; it is kept in progress meanwhile, so JetStream does not redeliver it
+// and no event is seen twice.
+func TestMessagesWaitingForLaterChunksAreNotRedelivered(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())
+	now := time.Now()
+	const msgs, per = 1, 48
+	var evs []event.Event
+	for i := range per {
+		evs = append(evs, event.Event{ID: fmt.Sprintf("m-%d", i), UserID: "slow-user", Type: "page_view", TS: now})
+	}
+	for i, err := range pub.Publish(ctx, evs, now) {
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	p := event.Partition("slow-user", n.Topology.Partitions)
+	// 48 events in chunks of 4: 12 chunks of 150 ms = 1.8 s, AckWait 1 s.
+	eng, err := New(Config{
+		JS: n.JS, Topology: n.Topology, Store: slowStore{memory.New(store.Options{}), 150 * time.Millisecond},
+		Members: members.NewMemory(), Schedule: schedule.NewMemory(), Rules: func() Rules { return parityRules{} },
+		Partitions: []int{p}, DuePoll: 10 * time.Millisecond, Batch: 4, AckWait: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run(ctx)
+	deadline := time.Now().Add(15 * time.Second)
+	for testutil.ToFloat64(eng.m.applied) < msgs*per && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(eng.m.applied); got != msgs*per {
+		t.Fatalf("applied %v events, want %d", got, msgs*per)
+	}
+	time.Sleep(1500 * time.Millisecond) // a redelivery would come within AckWait
+	if got := testutil.ToFloat64(eng.m.duplicates); got != 0 {
+		t.Errorf("%v events seen twice: messages were redelivered while earlier chunks ran", got)
+	}
+}
