@@ -207,6 +207,12 @@ type Result struct {
 // ones listed, 400/413 for a request refused as a whole, 503 when JetStream stored none.
 func (p *Publisher) Handle(ctx context.Context, body []byte, contentType string, lim event.Limits, now time.Time) (int, Result) {
 	events, fieldErrs, err := event.Decode(body, contentType, lim, now)
+	return p.HandleDecoded(ctx, events, fieldErrs, err, now)
+}
+
+// HandleDecoded is Handle for a body the caller already decoded with event.Decode (the edge's
+// beacon counts the events for its rate limit first), so it is not decoded twice.
+func (p *Publisher) HandleDecoded(ctx context.Context, events []event.Event, fieldErrs []event.FieldError, err error, now time.Time) (int, Result) {
 	if err != nil {
 		code, reason := 400, "malformed"
 		if errors.Is(err, event.ErrBodyTooLarge) || errors.Is(err, event.ErrBatchTooLarge) {

@@ -73,9 +73,11 @@ func (e *edge) postEvents(ctx *fasthttp.RequestCtx) {
 	lim := e.limits
 	lim.FixedUserID = user
 	ctx.SetContentType("application/json")
-	// Count the events cheaply before decoding, for the rate limit.
+	// Decode once: the number of events is the rate limit's cost, the events are what is stored.
+	now := time.Now()
+	evs, fieldErrs, err := event.Decode(body, string(ctx.Request.Header.ContentType()), lim, now)
 	n := 1
-	if evs, _, err := event.Decode(body, string(ctx.Request.Header.ContentType()), lim, time.Now()); err == nil {
+	if err == nil {
 		n = max(1, len(evs))
 	}
 	if !e.beacons.allow(user, n) {
@@ -85,7 +87,7 @@ func (e *edge) postEvents(ctx *fasthttp.RequestCtx) {
 		writeJSONBody(ctx, ingest.Result{Error: "too many events from this visitor; slow down"})
 		return
 	}
-	code, res := e.ingest.Load().Handle(spanContext(ctx), body, string(ctx.Request.Header.ContentType()), lim, time.Now())
+	code, res := e.ingest.Load().HandleDecoded(spanContext(ctx), evs, fieldErrs, err, now)
 	ctx.SetStatusCode(code)
 	writeJSONBody(ctx, res)
 }
