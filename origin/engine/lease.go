@@ -475,16 +475,33 @@ func (l *leaser) start(ctx context.Context, p int, rev uint64, sent time.Time) {
 // the lease (only at our revision) so that another origin can take it without waiting for the
 // TTL. change is the metric label: released or lost.
 func (l *leaser) drop(c *claim, change string, deleteKey bool) {
+	if !deleteKey {
+		l.dropWithin(nil, c, change)
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), l.ttl/6)
+	defer cancel()
+	l.dropWithin(dctx, c, change)
+}
+
+// dropWithin is drop with the lease deleted within dctx (nil: not deleted).
+func (l *leaser) dropWithin(dctx context.Context, c *claim, change string) {
 	c.cancel()
 	<-c.done
 	c.watchdog.Stop()
 	delete(l.held, c.p)
 	l.e.lm.held.Set(float64(len(l.held)))
 	l.e.lm.changes.WithLabelValues(change).Inc()
-	if deleteKey {
-		dctx, cancel := context.WithTimeout(context.Background(), l.ttl/6)
+	if dctx != nil {
 		err := l.kv.Delete(dctx, leaseKey(c.p), jetstream.LastRevision(c.rev))
-		cancel()
+		if lostCAS(err) {
+			// A renewal we took for failed (timed out, or interrupted by shutdown) may have been
+			// stored after all. The key is still ours if it names this process; our worker has
+			// stopped, so deleting it at its current revision is safe.
+			if en, gerr := l.kv.Get(dctx, leaseKey(c.p)); gerr == nil && string(en.Value()) == l.id {
+				err = l.kv.Delete(dctx, leaseKey(c.p), jetstream.LastRevision(en.Revision()))
+			}
+		}
 		if err != nil && !lostCAS(err) {
 			l.log.Warn("delete partition lease; it expires on its own", "partition", c.p, "err", err)
 		}
@@ -496,15 +513,20 @@ func (l *leaser) drop(c *claim, change string, deleteKey bool) {
 	}
 }
 
-// releaseAll stops every worker and deletes their leases and this origin's heartbeat, so that
-// the other origins take the partitions at once (a shutdown, not a crash).
+// releaseAll stops every worker and deletes this origin's heartbeat and leases, so that the
+// other origins take the partitions at once (a shutdown, not a crash): the heartbeat first, so
+// that they count one origin less before the leases come free. The deletions share one
+// deadline: with NATS unreachable, shutdown waits TTL/3 at most and the leases expire.
 func (l *leaser) releaseAll() {
-	for _, p := range l.heldOrder() {
-		l.drop(l.held[p], "released", true)
+	for _, c := range l.held {
+		c.cancel() // every worker stops at once
 	}
-	dctx, cancel := context.WithTimeout(context.Background(), l.ttl/6)
+	dctx, cancel := context.WithTimeout(context.Background(), l.ttl/3)
 	defer cancel()
 	_ = l.kv.Delete(dctx, originKey(l.id))
+	for _, p := range l.heldOrder() {
+		l.dropWithin(dctx, l.held[p], "released")
+	}
 }
 
 // submit hands t to the worker of claim c and waits for its answer; errNotHeld when the worker
