@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
 		deltaBatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_delta_batch_size", Help: "Deltas in one DELTAS message (a partition worker's batch, split above 256 KiB).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Events waiting in EVENTS per partition."}, []string{"partition"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "segedge_origin_consumer_lag_messages", Help: "Messages of EVENTS waiting or unacknowledged per partition (a message holds one request's events of that partition)."}, []string{"partition"}),
 	}
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
@@ -45,8 +45,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// watchLag samples each partition's consumer for its pending count every 5 seconds.
+// watchLag samples each partition's consumer for its pending count every 5 seconds. Every
+// partition's series exists from the start (at 0 until sampled): a consumer being recreated by
+// a new lease holder is missing for a moment, and a dashboard must not lose the series then.
 func (e *Engine) watchLag(ctx context.Context) {
+	for _, p := range e.cfg.Partitions {
+		e.m.lag.WithLabelValues(strconv.Itoa(p))
+	}
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
