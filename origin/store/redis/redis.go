@@ -255,6 +255,13 @@ func (s *Store) Delete(ctx context.Context, userID string) error {
 	return nil
 }
 
+// scanMinHint is the least COUNT passed to SCAN; scanBudget bounds the keys one Scan call
+// makes Redis look at (so one call stays a few milliseconds of Redis time).
+const (
+	scanMinHint = 512
+	scanBudget  = 64 << 10
+)
+
 // Scan implements store.Store with SCAN over the profile keys. On Redis Cluster it scans every
 // master in turn; the cursor is "<master index>:<SCAN cursor>".
 func (s *Store) Scan(ctx context.Context, cursor string, count int) ([]string, string, error) {
@@ -275,16 +282,29 @@ func (s *Store) Scan(ctx context.Context, cursor string, count int) ([]string, s
 	if node >= len(clients) {
 		return nil, "", nil
 	}
+	// SCAN's COUNT is how many keys Redis looks at, matching or not. On a database shared with
+	// other data (or other prefixes) most keys do not match, so one call with COUNT = count would
+	// mostly return nothing and a scan would take (keys / count) round trips: look at more keys
+	// per call, and keep going within this call until count ids are found or scanBudget keys
+	// were looked at.
 	match := globEscape(s.prefix) + "{u:*}:p"
-	keys, next, err := clients[node].Scan(ctx, cur, match, int64(max(count, 1))).Result()
-	if err != nil {
-		return nil, "", fmt.Errorf("scan profiles: %w", err)
-	}
-	ids := make([]string, 0, len(keys))
-	for _, k := range keys {
-		id, ok := strings.CutPrefix(k, s.prefix+"{u:")
-		if id, ok2 := strings.CutSuffix(id, "}:p"); ok && ok2 {
-			ids = append(ids, id)
+	hint := int64(max(count, scanMinHint))
+	var ids []string
+	next := cur
+	for looked := int64(0); ; looked += hint {
+		keys, n, err := clients[node].Scan(ctx, next, match, hint).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("scan profiles: %w", err)
+		}
+		for _, k := range keys {
+			id, ok := strings.CutPrefix(k, s.prefix+"{u:")
+			if id, ok2 := strings.CutSuffix(id, "}:p"); ok && ok2 {
+				ids = append(ids, id)
+			}
+		}
+		next = n
+		if next == 0 || len(ids) >= count || looked+hint >= scanBudget {
+			break
 		}
 	}
 	switch {

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -88,5 +89,44 @@ func TestApplyBatchRedisDown(t *testing.T) {
 	res, err := s.ApplyBatch(context.Background(), []event.Event{{ID: "1", UserID: "u", Type: "x", TS: time.Now()}}, storetest.Spec())
 	if err == nil {
 		t.Fatalf("ApplyBatch with Redis down: %v, no error", res)
+	}
+}
+
+// On a Redis shared with other data, most keys SCAN looks at are not profiles: a rescan must
+// still take a handful of round trips, not one per few foreign keys (the conformance suite's
+// Scan test failed on a database holding 129k keys of other prefixes, at 10,000 calls).
+func TestScanSkipsForeignKeysInFewCalls(t *testing.T) {
+	s := newTestStore(t, store.Options{})
+	ctx := context.Background()
+	foreign := s.prefix + "foreign:"
+	pipe := s.c.Pipeline()
+	for i := range 20000 {
+		pipe.Set(ctx, foreign+strconv.Itoa(i), "x", time.Minute)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if _, _, err := s.Apply(ctx, event.Event{ID: "e-" + id, UserID: id, Type: "page_view", TS: time.Now()}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, calls, cursor := map[string]bool{}, 0, ""
+	for {
+		ids, next, err := s.Scan(ctx, cursor, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			got[id] = true
+		}
+		calls++
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(got) != 3 || calls > 10 {
+		t.Fatalf("Scan found %v in %d calls among 20,000 foreign keys; want a, b, c in at most 10", got, calls)
 	}
 }
