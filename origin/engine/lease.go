@@ -331,6 +331,13 @@ func (l *leaser) round(ctx context.Context) (time.Duration, bool) {
 				l.drop(c, "lost", true)
 			}
 		case lostCAS(err):
+			if rev, ok := l.stillOurs(ctx, p); ok {
+				// An earlier renewal that timed out was stored after all. Renew at its revision
+				// soon; the watchdog still counts from the last renewal we saw succeed.
+				c.rev = rev
+				wait = retry
+				continue
+			}
 			l.drop(c, "lost", false)
 		case ctx.Err() != nil:
 			return wait, false
@@ -398,6 +405,18 @@ func (l *leaser) round(ctx context.Context) (time.Duration, bool) {
 func lostCAS(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
 		errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+}
+
+// stillOurs returns the revision of partition p's lease key when it names this origin: only this
+// process writes its id, so the key was never someone else's since we claimed it.
+func (l *leaser) stillOurs(ctx context.Context, p int) (uint64, bool) {
+	gctx, cancel := context.WithTimeout(ctx, l.ttl/6)
+	defer cancel()
+	en, err := l.kv.Get(gctx, leaseKey(p))
+	if err != nil || string(en.Value()) != l.id {
+		return 0, false
+	}
+	return en.Revision(), true
 }
 
 // view reads the bucket: each partition's holder and the number of live origins.
