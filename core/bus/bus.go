@@ -38,6 +38,16 @@ func (t Topology) subject(s string) string   { return strings.ToLower(t.Prefix) 
 // EventsStream is the stream of accepted events.
 func (t Topology) EventsStream() string { return t.stream("EVENTS") }
 
+// EventsDLQStream keeps events the origin's store refused on every delivery (see
+// EventsDLQSubject), so an operator can inspect and replay them instead of losing them.
+func (t Topology) EventsDLQStream() string { return t.stream("EVENTS_DLQ") }
+
+// EventsDLQSubject is where a partition's dead-lettered events go (outside seg.events.*, so
+// the origin never consumes them by accident).
+func (t Topology) EventsDLQSubject(partition int) string {
+	return t.subject("seg.dlq.events.") + strconv.Itoa(partition)
+}
+
 // DeltasStream is the stream of segment-membership changes.
 func (t Topology) DeltasStream() string { return t.stream("DELTAS") }
 
@@ -84,7 +94,7 @@ type StreamOptions struct {
 	Duplicate time.Duration // JetStream's own dedup window on Nats-Msg-Id: 2 minutes
 }
 
-// EnsureStreams creates EVENTS, DELTAS and INVALIDATE, or updates their configuration to this one.
+// EnsureStreams creates EVENTS, DELTAS, INVALIDATE and EVENTS_DLQ, or updates their configuration to this one.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, o StreamOptions) error {
 	if t.Partitions <= 0 {
 		return fmt.Errorf("ensure streams: partitions must be positive, got %d", t.Partitions)
@@ -102,6 +112,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, o St
 		{t.EventsStream(), t.subject("seg.events.*"), 7 * 24 * time.Hour},
 		{t.DeltasStream(), t.subject("seg.deltas.*"), 24 * time.Hour},
 		{t.InvalidateStream(), t.InvalidateSubject(), time.Hour},
+		{t.EventsDLQStream(), t.subject("seg.dlq.events.*"), 30 * 24 * time.Hour},
 	} {
 		age := o.MaxAge
 		if age == 0 {

@@ -89,6 +89,12 @@ type Config struct {
 	// AckWait is how long JetStream waits for an event's acknowledgement before redelivering it
 	// (default 5s): after a crash, the events the dead origin had taken come back after it.
 	AckWait time.Duration
+	// MaxEventAttempts is how many deliveries of a message the store may refuse one of its
+	// events (a per-event error, not an outage: an outage fails the whole batch, which is
+	// retried in place) before the refused events go to EVENTS_DLQ and the message is
+	// acknowledged (default 5). Without it such a message came back every second forever,
+	// holding the consumer's ack floor and re-evaluating every other user in it.
+	MaxEventAttempts int
 }
 
 // TriggerSink receives published deltas (origin/trigger fires the rules file's triggers).
@@ -176,6 +182,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 5 * time.Second
+	}
+	if cfg.MaxEventAttempts <= 0 {
+		cfg.MaxEventAttempts = 5
 	}
 	empty, err := profile.NewSpec(nil, nil)
 	if err != nil {
@@ -439,6 +448,7 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 			trace.End(span, err)
 		}
 	}()
+	refused := make([]error, len(evs)) // per event: the store's refusal, if any
 	failed := make([]bool, len(keep))
 	touched := time.Now()
 	for lo := 0; lo < len(evs); {
@@ -451,20 +461,28 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 			}
 			touched = time.Now()
 		}
-		var bad []bool
+		var bad []error
 		if bad, err = e.applyChunk(ctx, p, keep[owner[lo]:], evs[lo:hi], accepted[lo:hi], ctxs[lo:hi]); err != nil {
 			return // ctx ended: the unacknowledged messages come back
 		}
 		for i, b := range bad {
-			if b {
+			if b != nil {
+				refused[lo+i] = b
 				failed[owner[lo+i]] = true
 			}
 		}
 		for mi := owner[lo]; mi < len(keep) && last[mi] < hi; mi++ {
-			if failed[mi] {
-				_ = keep[mi].NakWithDelay(time.Second)
-			} else {
+			switch {
+			case !failed[mi]:
 				_ = keep[mi].Ack()
+			case e.lastAttempt(keep[mi]):
+				first := 0
+				if mi > 0 {
+					first = last[mi-1] + 1
+				}
+				e.deadLetter(ctx, p, keep[mi], evs[first:last[mi]+1], accepted[first:last[mi]+1], refused[first:last[mi]+1])
+			default:
+				_ = keep[mi].NakWithDelay(time.Second)
 			}
 		}
 		lo = hi
@@ -472,9 +490,10 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 }
 
 // applyChunk applies one chunk of events, retrying in place until it is done or ctx ends; it
-// returns which events the store refused (their messages are to be redelivered). pending are
-// the messages not yet acknowledged, kept in progress while a retry waits.
-func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
+// returns, per event, the store's refusal or nil (a refused event's message is redelivered, and
+// dead-lettered at the last attempt). pending are the messages not yet acknowledged, kept in
+// progress while a retry waits.
+func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]error, error) {
 	e.m.batchSize.Observe(float64(len(evs)))
 	backoff := time.Duration(0)
 	for attempt := 1; ; attempt++ {
@@ -500,10 +519,10 @@ func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg,
 }
 
 // applyBatch applies evs in one store call, evaluates each resulting profile in order and
-// publishes the deltas. It returns, per event, whether the store refused it (to redeliver its
+// publishes the deltas. It returns, per event, the store's refusal or nil (to redeliver its
 // message); an error means: nothing is to be acknowledged, retry the whole batch.
 // ctxs are the events' trace contexts.
-func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]bool, error) {
+func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]error, error) {
 	b := e.newBatch(p)
 	t0 := time.Now()
 	var applySpans []oteltrace.Span
@@ -555,9 +574,9 @@ func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accep
 	if err := e.flush(ctx, b); err != nil {
 		return nil, err
 	}
-	bad := make([]bool, len(res))
+	bad := make([]error, len(res))
 	for i, r := range res {
-		bad[i] = r.Err != nil
+		bad[i] = r.Err
 	}
 	return bad, nil
 }

@@ -9,11 +9,11 @@ import (
 )
 
 type metrics struct {
-	applied, duplicates, poison, applyErrors, evalErrors, publishErrors prometheus.Counter
-	deltas                                                              *prometheus.CounterVec
-	applyDur, ingestToProfile, ingestToDelta, expiryLateness            prometheus.Histogram
-	lag                                                                 *prometheus.GaugeVec
-	batchSize, deltaBatchSize                                           prometheus.Histogram
+	applied, duplicates, poison, applyErrors, evalErrors, publishErrors, deadLettered prometheus.Counter
+	deltas                                                                            *prometheus.CounterVec
+	applyDur, ingestToProfile, ingestToDelta, expiryLateness                          prometheus.Histogram
+	lag                                                                               *prometheus.GaugeVec
+	batchSize, deltaBatchSize                                                         prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -22,6 +22,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		applied:         prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
 		duplicates:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
+		deadLettered:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_dead_lettered_total", Help: "Events the profile store refused on every one of MaxEventAttempts deliveries, moved to EVENTS_DLQ."}),
 		poison:          prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_unreadable_total", Help: "Messages on EVENTS that could not be decoded and were dropped."}),
 		applyErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profile_update_failures_total", Help: "Profile updates that failed and will be retried."}),
 		evalErrors:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_eval_failures_total", Help: "Ruleset evaluations that failed."}),
@@ -40,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
-	reg.MustRegister(m.applied, m.duplicates, m.poison, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
+	reg.MustRegister(m.applied, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
 		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize, m.deltaBatchSize)
 	return m
 }

@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/segedge/segedge/core/bus"
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/core/ingest"
+	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/core/testenv"
+	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/schedule"
+	"github.com/segedge/segedge/origin/store"
+	"github.com/segedge/segedge/origin/store/memory"
+)
+
+// neverStore refuses one event id on every delivery (a profile the store cannot update), and
+// counts the refusals.
+type neverStore struct {
+	store.Store
+	id      string
+	refused atomic.Int64
+}
+
+func (s *neverStore) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
+	var pass []event.Event
+	for _, ev := range evs {
+		if ev.ID != s.id {
+			pass = append(pass, ev)
+		}
+	}
+	got, err := s.Store.ApplyBatch(ctx, pass, spec)
+	if err != nil {
+		return nil, err
+	}
+	res := make([]store.Result, len(evs))
+	for i, ev := range evs {
+		if ev.ID == s.id {
+			s.refused.Add(1)
+			res[i] = store.Result{Err: errors.New("profile hash unreadable: always refused")}
+			continue
+		}
+		res[i], got = got[0], got[1:]
+	}
+	return res, nil
+}
+
+// An event the store refuses on every delivery goes to EVENTS_DLQ after MaxEventAttempts
+// deliveries, with the reason, and its message is acknowledged: the other events of the
+// message are applied once, the consumer has nothing pending, and nothing is lost. Before, the
+// message came back every second forever.
+func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var users []string // three users of partition 1
+	for i := 0; len(users) < 3; i++ {
+		if u := fmt.Sprintf("u%d", i); event.Partition(u, n.Topology.Partitions) == 1 {
+			users = append(users, u)
+		}
+	}
+	now := time.Now()
+	var evs []event.Event
+	for i := range 4 {
+		evs = append(evs, event.Event{ID: fmt.Sprintf("e-%d", i), UserID: users[i%3], Type: "add_to_cart", TS: now})
+	}
+	pub := ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())
+	for i, err := range pub.Publish(ctx, evs, now) { // one message of four events
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	st := &neverStore{Store: memory.New(store.Options{}), id: "e-2"}
+	const attempts = 3
+	eng, err := New(Config{
+		JS: n.JS, Topology: n.Topology, Store: st, Members: members.NewMemory(), Schedule: schedule.NewMemory(),
+		Rules: func() Rules { return parityRules{} }, Partitions: []int{1}, DuePoll: 10 * time.Millisecond,
+		AckWait: 2 * time.Second, MaxEventAttempts: attempts,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run(ctx)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for testutil.ToFloat64(eng.m.deadLettered) < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(eng.m.deadLettered); got != 1 {
+		t.Fatalf("dead-lettered %v events, want 1", got)
+	}
+	if got := st.refused.Load(); got != attempts {
+		t.Errorf("the store refused e-2 %d times, want %d (one per delivery)", got, attempts)
+	}
+	if got := testutil.ToFloat64(eng.m.applied); got != 3 {
+		t.Errorf("applied %v events, want the other 3", got)
+	}
+	dlq, err := n.JS.Stream(ctx, n.Topology.EventsDLQStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetLastMsgForSubject(ctx, n.Topology.EventsDLQSubject(1))
+	if err != nil {
+		t.Fatalf("nothing in EVENTS_DLQ: %v", err)
+	}
+	got, _, err := event.DecodeMessage(m.Data, nil, nil)
+	if err != nil || len(got) != 1 || got[0].ID != "e-2" || got[0].UserID != users[2] {
+		t.Fatalf("EVENTS_DLQ holds %+v (%v); want e-2 only", got, err)
+	}
+	if r := m.Header.Get("Segedge-Error"); !strings.Contains(r, "always refused") {
+		t.Errorf("Segedge-Error = %q; want the store's reason", r)
+	}
+	s, err := n.JS.Stream(ctx, n.Topology.EventsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		pending := 0
+		for info := range s.ListConsumers(ctx).Info() {
+			pending += int(info.NumAckPending) + int(info.NumPending)
+		}
+		if pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still pending or unacknowledged", pending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
