@@ -294,10 +294,8 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 			break
 		}
 		e.cfg.Log.Warn("create consumer", "partition", p, "err", err)
-		select {
-		case <-ctx.Done():
+		if !e.serveTasksFor(ctx, p, c, time.Second) {
 			return nil
-		case <-time.After(time.Second):
 		}
 	}
 	// The consume callback runs on one goroutine per consumer, in stream order; the channel
@@ -358,6 +356,24 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 			e.runDue(ctx, p, now)
 		}
 		e.runTasks(ctx, p, c)
+	}
+}
+
+// serveTasksFor runs the tasks routed to partition p (re-evaluations, erasures) for d, or until
+// ctx ends (then it reports false): a worker that cannot create its consumer yet still holds
+// the lease, and a Reevaluate sent to it must not wait for the consumer.
+func (e *Engine) serveTasksFor(ctx context.Context, p int, c *claim, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case t := <-c.tasks:
+			e.runTask(ctx, p, t)
+		case <-timer.C:
+			return true
+		}
 	}
 }
 
