@@ -122,21 +122,5 @@ func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
 	if r := m.Header.Get("Segedge-Error"); !strings.Contains(r, "always refused") {
 		t.Errorf("Segedge-Error = %q; want the store's reason", r)
 	}
-	s, err := n.JS.Stream(ctx, n.Topology.EventsStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		pending := 0
-		for info := range s.ListConsumers(ctx).Info() {
-			pending += int(info.NumAckPending) + int(info.NumPending)
-		}
-		if pending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d messages still pending or unacknowledged", pending)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), deadline)
 }

@@ -164,7 +164,14 @@ func TestEventMessagesAreAppliedWholeAndAcknowledged(t *testing.T) {
 		t.Errorf("unreadable messages = %v, want 1", got)
 	}
 	// Every message acknowledged (or terminated): nothing pending on any consumer of EVENTS.
-	s, err := n.JS.Stream(ctx, n.Topology.EventsStream())
+	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), deadline)
+}
+
+// waitNothingPending waits until no consumer of stream has a message pending or unacknowledged,
+// failing the test at deadline.
+func waitNothingPending(ctx context.Context, t *testing.T, js jetstream.JetStream, stream string, deadline time.Time) {
+	t.Helper()
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +181,7 @@ func TestEventMessagesAreAppliedWholeAndAcknowledged(t *testing.T) {
 			pending += int(info.NumAckPending) + int(info.NumPending)
 		}
 		if pending == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d messages still pending or unacknowledged", pending)
