@@ -2,10 +2,8 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,44 +13,12 @@ import (
 	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/ingest"
-	"github.com/segedge/segedge/core/profile"
 	"github.com/segedge/segedge/core/testenv"
 	"github.com/segedge/segedge/origin/members"
 	"github.com/segedge/segedge/origin/schedule"
 	"github.com/segedge/segedge/origin/store"
 	"github.com/segedge/segedge/origin/store/memory"
 )
-
-// neverStore refuses one event id on every delivery (a profile the store cannot update), and
-// counts the refusals.
-type neverStore struct {
-	store.Store
-	id      string
-	refused atomic.Int64
-}
-
-func (s *neverStore) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
-	var pass []event.Event
-	for _, ev := range evs {
-		if ev.ID != s.id {
-			pass = append(pass, ev)
-		}
-	}
-	got, err := s.Store.ApplyBatch(ctx, pass, spec)
-	if err != nil {
-		return nil, err
-	}
-	res := make([]store.Result, len(evs))
-	for i, ev := range evs {
-		if ev.ID == s.id {
-			s.refused.Add(1)
-			res[i] = store.Result{Err: errors.New("profile hash unreadable: always refused")}
-			continue
-		}
-		res[i], got = got[0], got[1:]
-	}
-	return res, nil
-}
 
 // An event the store refuses on every delivery goes to EVENTS_DLQ after MaxEventAttempts
 // deliveries, with the reason, and its message is acknowledged: the other events of the
@@ -82,7 +48,7 @@ func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
-	st := &neverStore{Store: memory.New(store.Options{}), id: "e-2"}
+	st := &refusingStore{Store: memory.New(store.Options{}), refuse: map[string]bool{"e-2": true}, always: true}
 	const attempts = 3
 	eng, err := New(Config{
 		JS: n.JS, Topology: n.Topology, Store: st, Members: members.NewMemory(), Schedule: schedule.NewMemory(),
@@ -101,7 +67,7 @@ func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
 	if got := testutil.ToFloat64(eng.m.deadLettered); got != 1 {
 		t.Fatalf("dead-lettered %v events, want 1", got)
 	}
-	if got := st.refused.Load(); got != attempts {
+	if got := st.refusals(); got != attempts {
 		t.Errorf("the store refused e-2 %d times, want %d (one per delivery)", got, attempts)
 	}
 	if got := testutil.ToFloat64(eng.m.applied); got != 3 {
@@ -119,7 +85,7 @@ func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].ID != "e-2" || got[0].UserID != users[2] {
 		t.Fatalf("EVENTS_DLQ holds %+v (%v); want e-2 only", got, err)
 	}
-	if r := m.Header.Get("Segedge-Error"); !strings.Contains(r, "always refused") {
+	if r := m.Header.Get("Segedge-Error"); !strings.Contains(r, "profile hash unreadable") {
 		t.Errorf("Segedge-Error = %q; want the store's reason", r)
 	}
 	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), deadline)

@@ -25,11 +25,14 @@ import (
 )
 
 // refusingStore is the memory store that refuses (without applying) the events whose ids are
-// in refuse, once each: one event of a message failing on its own.
+// in refuse: once each (one event of a message failing on its own), or on every delivery with
+// always (a profile the store cannot update). refused counts the refusals.
 type refusingStore struct {
 	store.Store
-	mu     sync.Mutex
-	refuse map[string]bool
+	mu      sync.Mutex
+	refuse  map[string]bool
+	always  bool
+	refused int
 }
 
 func (s *refusingStore) ApplyBatch(ctx context.Context, evs []event.Event, spec *profile.Spec) ([]store.Result, error) {
@@ -38,7 +41,12 @@ func (s *refusingStore) ApplyBatch(ctx context.Context, evs []event.Event, spec 
 	var refused []bool
 	for _, ev := range evs {
 		r := s.refuse[ev.ID]
-		delete(s.refuse, ev.ID)
+		if r {
+			s.refused++
+		}
+		if !s.always {
+			delete(s.refuse, ev.ID)
+		}
 		refused = append(refused, r)
 		if !r {
 			pass = append(pass, ev)
@@ -52,7 +60,7 @@ func (s *refusingStore) ApplyBatch(ctx context.Context, evs []event.Event, spec 
 	res := make([]store.Result, len(evs))
 	for i := range evs {
 		if refused[i] {
-			res[i] = store.Result{Err: errors.New("refused once")}
+			res[i] = store.Result{Err: errors.New("profile hash unreadable: refused")}
 			continue
 		}
 		res[i], got = got[0], got[1:]
@@ -245,4 +253,11 @@ func TestMessagesWaitingForLaterChunksAreNotRedelivered(t *testing.T) {
 	if got := testutil.ToFloat64(eng.m.duplicates); got != 0 {
 		t.Errorf("%v events seen twice: messages were redelivered while earlier chunks ran", got)
 	}
+}
+
+// refusals returns how many times an event was refused.
+func (s *refusingStore) refusals() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
 }
