@@ -40,6 +40,7 @@ type Config struct {
 	LogLevel           string        // LOG_LEVEL
 	ShutdownTimeout    time.Duration // SEGEDGE_SHUTDOWN_TIMEOUT: grace for in-flight requests
 	Trace              trace.Config  // SEGEDGE_OTLP_ENDPOINT, SEGEDGE_TRACE_SAMPLE_RATIO
+	PprofAddr          string        // SEGEDGE_PPROF_ADDR: Go's /debug/pprof on its own listener; empty = off
 }
 
 // Flags defines the origin's settings on a new config.Set, writing into c.
@@ -68,6 +69,7 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "log format: text or json")
 	s.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "SEGEDGE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight requests may take after SIGTERM")
+	s.String(&c.PprofAddr, "pprof-addr", "SEGEDGE_PPROF_ADDR", "", "listen address of Go's /debug/pprof profiler (keep it on loopback: no token guards it); empty: off")
 	trace.Flags(s, &c.Trace)
 	return s
 }
@@ -76,6 +78,9 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 func (c *Config) Validate() error {
 	var errs []error
 	errs = append(errs, config.CheckAddr("ORIGIN_ADDR", c.Addr), c.Trace.Validate())
+	if c.PprofAddr != "" {
+		errs = append(errs, config.CheckAddr("SEGEDGE_PPROF_ADDR", c.PprofAddr))
+	}
 	if c.NATSURL != "" {
 		errs = append(errs, config.CheckURL("NATS_URL", c.NATSURL, "nats", "tls", "ws", "wss"))
 	} else {

@@ -68,6 +68,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("listen on %s (ORIGIN_ADDR): %w", cfg.Addr, err)
 	}
 	defer ln.Close()
+	if cfg.PprofAddr != "" {
+		stop, err := ops.ServeProfiler(cfg.PprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
