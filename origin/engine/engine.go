@@ -95,6 +95,10 @@ type Config struct {
 	// acknowledged (default 5). Without it such a message came back every second forever,
 	// holding the consumer's ack floor and re-evaluating every other user in it.
 	MaxEventAttempts int
+	// RecordCache is how many users' membership records each partition worker keeps in memory
+	// (records.go; default DefaultRecordCache, negative: none): a cached record is not read
+	// from the members store again while this origin holds the partition.
+	RecordCache int
 }
 
 // TriggerSink receives published deltas (origin/trigger fires the rules file's triggers).
@@ -129,6 +133,9 @@ type Engine struct {
 	ready    atomic.Bool  // the first lease round is done
 	running  atomic.Bool
 	tail     deltaTail // what each partition knows of its deltas not yet recorded (publish.go)
+	// recs[p] is partition p's worker's membership record cache (records.go); a new worker
+	// starts a new one.
+	recs []atomic.Pointer[recordCache]
 }
 
 // task is work for a partition worker that does not come from the stream.
@@ -186,12 +193,16 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxEventAttempts <= 0 {
 		cfg.MaxEventAttempts = 5
 	}
+	if cfg.RecordCache == 0 {
+		cfg.RecordCache = DefaultRecordCache
+	}
 	empty, err := profile.NewSpec(nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, m: newMetrics(cfg.Registerer), lm: newLeaseMetrics(cfg.Registerer), empty: empty,
-		claims: make([]atomic.Pointer[claim], cfg.Topology.Partitions)}
+		claims: make([]atomic.Pointer[claim], cfg.Topology.Partitions),
+		recs:   make([]atomic.Pointer[recordCache], cfg.Topology.Partitions)}
 	e.leaseTTL.Store(int64(cfg.LeaseTTL))
 	return e, nil
 }
@@ -283,7 +294,8 @@ func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error
 // partition's events, its due re-evaluations and the tasks routed to it, until ctx ends (lease
 // released, lost, or not renewed in time). It returns only once nothing more is applied.
 func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
-	e.forgetDeltaTail(p) // another origin may have published on p since this one last held it
+	e.forgetDeltaTail(p)                               // another origin may have published on p since this one last held it
+	e.recs[p].Store(newRecordCache(e.cfg.RecordCache)) // ... and written its users' records
 	var cons jetstream.Consumer
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -511,9 +523,14 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 // progress while a retry waits.
 func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]error, error) {
 	e.m.batchSize.Observe(float64(len(evs)))
+	keep := func() {
+		for _, m := range pending {
+			_ = m.InProgress()
+		}
+	}
 	backoff := time.Duration(0)
 	for attempt := 1; ; attempt++ {
-		bad, err := e.applyBatch(ctx, p, evs, accepted, ctxs)
+		bad, err := e.applyBatch(ctx, p, evs, accepted, ctxs, keep)
 		if err == nil {
 			return bad, nil
 		}
@@ -521,10 +538,7 @@ func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg,
 			return nil, err
 		}
 		e.cfg.Log.Warn("events not applied; retrying", "partition", p, "events", len(evs), "attempt", attempt, "err", err)
-		// Keep the messages ours while we retry: no redelivery overtakes them.
-		for _, m := range pending {
-			_ = m.InProgress()
-		}
+		keep() // the messages stay ours while we retry: no redelivery overtakes them
 		backoff = min(max(2*backoff, 100*time.Millisecond), e.cfg.AckWait/2)
 		select {
 		case <-ctx.Done():
@@ -537,9 +551,10 @@ func (e *Engine) applyChunk(ctx context.Context, p int, pending []jetstream.Msg,
 // applyBatch applies evs in one store call, evaluates each resulting profile in order and
 // publishes the deltas. It returns, per event, the store's refusal or nil (to redeliver its
 // message); an error means: nothing is to be acknowledged, retry the whole batch.
-// ctxs are the events' trace contexts.
-func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context) ([]error, error) {
+// ctxs are the events' trace contexts; keep keeps their messages in progress.
+func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accepted []time.Time, ctxs []context.Context, keep func()) ([]error, error) {
 	b := e.newBatch(p)
+	b.keep = keep
 	t0 := time.Now()
 	var applySpans []oteltrace.Span
 	if trace.Enabled() {
@@ -616,11 +631,15 @@ type batch struct {
 	fire            []*delta.Delta
 	crossed         map[*delta.Delta][]string
 	entered, exited []string
+	// cache is the worker's record cache (nil: none); keep, if set, keeps the batch's messages
+	// in progress while flush retries writing the records.
+	cache *recordCache
+	keep  func()
 }
 
 // newBatch snapshots the active ruleset (and threshold triggers) for one batch.
 func (e *Engine) newBatch(p int) *batch {
-	b := &batch{p: p, rules: e.cfg.Rules(), spec: e.empty, recs: map[string]members.Record{}}
+	b := &batch{p: p, rules: e.cfg.Rules(), spec: e.empty, recs: map[string]members.Record{}, cache: e.recs[p].Load()}
 	if b.rules == nil {
 		return b
 	}
@@ -653,32 +672,51 @@ func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.C
 	return e.flush(ctx, b)
 }
 
-// loadMembers fills b.recs for users (deduplicated), with one round trip when the members
-// store batches.
+// loadMembers fills b.recs for users (deduplicated) from the worker's record cache, reading
+// the others from the members store with one round trip when it batches.
 func (e *Engine) loadMembers(ctx context.Context, b *batch, users []string) error {
 	if b.rules == nil || len(users) == 0 {
 		return nil
 	}
 	slices.Sort(users)
 	users = slices.Compact(users)
-	if mb, ok := e.cfg.Members.(members.Batcher); ok {
-		rs, err := mb.GetMany(ctx, users)
-		if err != nil {
-			return err
-		}
-		for i, u := range users {
-			b.recs[u] = rs[i]
-		}
-		return nil
-	}
+	miss := users[:0]
 	for _, u := range users {
-		r, err := e.cfg.Members.Get(ctx, u)
-		if err != nil {
-			return err
+		if r, ok := b.cache.get(u); ok {
+			b.recs[u] = r
+			continue
 		}
-		b.recs[u] = r
+		miss = append(miss, u)
+	}
+	rs, err := e.readRecords(ctx, miss)
+	if err != nil {
+		return err
+	}
+	for i, u := range miss {
+		b.recs[u] = rs[i]
+		b.cache.put(u, rs[i])
 	}
 	return nil
+}
+
+// readRecords reads users' membership records from the members store, with one round trip
+// when it batches.
+func (e *Engine) readRecords(ctx context.Context, users []string) ([]members.Record, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	if mb, ok := e.cfg.Members.(members.Batcher); ok {
+		return mb.GetMany(ctx, users)
+	}
+	rs := make([]members.Record, len(users))
+	for i, u := range users {
+		r, err := e.cfg.Members.Get(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		rs[i] = r
+	}
+	return rs, nil
 }
 
 // evaluateProfile evaluates prof against the batch's ruleset and records in b the delta to
@@ -772,32 +810,67 @@ func (b *batch) put(user string, r members.Record) {
 	b.recs[user] = r
 }
 
-// flush writes what a batch produced: due times, deltas (published asynchronously, all
-// awaited), triggers, segment counts, then the membership records. A crash or error before the
-// records are written leaves them as they were, so a redelivery produces the same versions
-// again (publishAll leaves out the deltas already on DELTAS, JetStream drops the firings by id).
+// flush publishes the deltas a batch produced (asynchronously, all awaited), then records the
+// rest: due times, triggers, the membership records, segment counts. Until the records are
+// written, the store's records are as before the batch, so a batch that fails before its deltas
+// are out is simply retried (a redelivery produces the same versions again; publishAll leaves
+// out the deltas already on DELTAS, JetStream drops the firings by id). Once the deltas are
+// out, the records are retried in place until written or ctx ends (record): else the user's
+// next delta, of an event or an expiry handled meanwhile, would start from the old record, reuse
+// a published version and be left out as already on DELTAS. Due times are written after the
+// deltas too, off the path from event to delta: a crash in between leaves the event
+// unacknowledged, and its redelivery writes them.
 func (e *Engine) flush(ctx context.Context, b *batch) error {
-	if len(b.due) > 0 {
-		users := make([]string, 0, len(b.due))
-		dues := make([]time.Time, 0, len(b.due))
-		for u, t := range b.due {
-			users = append(users, u)
-			dues = append(dues, t)
-		}
-		if sb, ok := e.cfg.Schedule.(schedule.Batcher); ok {
-			if err := sb.AtMany(ctx, b.p, users, dues); err != nil {
-				return err
-			}
-		} else {
-			for i, u := range users {
-				if err := e.cfg.Schedule.At(ctx, b.p, u, dues[i]); err != nil {
-					return err
-				}
-			}
-		}
-	}
 	if err := e.publishAll(ctx, b.p, b.deltas, b.ctxs); err != nil {
 		return err
+	}
+	return e.record(ctx, b)
+}
+
+// record writes what a batch leaves to record after its deltas are published, retrying until
+// it is written or ctx ends (the lease ended: the next holder reads the partition's last
+// deltas back, see deltaTail).
+func (e *Engine) record(ctx context.Context, b *batch) error {
+	backoff := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		err := e.recordOnce(ctx, b)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		e.cfg.Log.Warn("deltas published but not recorded; retrying", "partition", b.p, "deltas", len(b.deltas), "attempt", attempt, "err", err)
+		if b.keep != nil {
+			b.keep()
+		}
+		backoff = min(max(2*backoff, 100*time.Millisecond), e.cfg.AckWait/2)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
+	if len(b.entered)+len(b.exited) > 0 {
+		if err := e.cfg.Members.Count(ctx, b.entered, b.exited); err != nil {
+			e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
+		}
+	}
+	for _, u := range b.dirty {
+		b.cache.put(u, b.recs[u])
+	}
+	if len(b.deltas) > 0 {
+		e.tail.recorded(b.p, b.deltas) // what publishAll published is recorded
+	}
+	return nil
+}
+
+// recordOnce writes the due times, fires the triggers and writes the membership records once.
+// Every step may be repeated: a due time keeps the earliest, firings are deduplicated by id, a
+// record is overwritten with the same value.
+func (e *Engine) recordOnce(ctx context.Context, b *batch) error {
+	if err := e.writeDue(ctx, b); err != nil {
+		return fmt.Errorf("record due times: %w", err)
 	}
 	if e.cfg.Triggers != nil {
 		for _, d := range b.fire {
@@ -815,13 +888,8 @@ func (e *Engine) flush(ctx context.Context, b *batch) error {
 			}
 		}
 	}
-	if len(b.entered)+len(b.exited) > 0 {
-		if err := e.cfg.Members.Count(ctx, b.entered, b.exited); err != nil {
-			e.cfg.Log.Warn("segment member counts", "err", err) // counts are advisory
-		}
-	}
 	if len(b.dirty) == 0 {
-		return nil // a delta always dirties its user: nothing was published
+		return nil
 	}
 	rs := make([]members.Record, len(b.dirty))
 	for i, u := range b.dirty {
@@ -829,17 +897,36 @@ func (e *Engine) flush(ctx context.Context, b *batch) error {
 	}
 	if mb, ok := e.cfg.Members.(members.Batcher); ok {
 		if err := mb.PutMany(ctx, b.dirty, rs); err != nil {
-			return err
+			return fmt.Errorf("write membership records: %w", err)
 		}
-	} else {
-		for i, u := range b.dirty {
-			if err := e.cfg.Members.Put(ctx, u, rs[i]); err != nil {
-				return err
-			}
+		return nil
+	}
+	for i, u := range b.dirty {
+		if err := e.cfg.Members.Put(ctx, u, rs[i]); err != nil {
+			return fmt.Errorf("write membership records: %w", err)
 		}
 	}
-	if len(b.deltas) > 0 {
-		e.tail.recorded(b.p, b.deltas) // what publishAll just published is recorded
+	return nil
+}
+
+// writeDue records the batch's due times, with one round trip when the schedule batches.
+func (e *Engine) writeDue(ctx context.Context, b *batch) error {
+	if len(b.due) == 0 {
+		return nil
+	}
+	users := make([]string, 0, len(b.due))
+	dues := make([]time.Time, 0, len(b.due))
+	for u, t := range b.due {
+		users = append(users, u)
+		dues = append(dues, t)
+	}
+	if sb, ok := e.cfg.Schedule.(schedule.Batcher); ok {
+		return sb.AtMany(ctx, b.p, users, dues)
+	}
+	for i, u := range users {
+		if err := e.cfg.Schedule.At(ctx, b.p, u, dues[i]); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -866,9 +953,13 @@ func (e *Engine) Erase(ctx context.Context, user string) error {
 }
 
 func (e *Engine) erase(ctx context.Context, p int, user string) error {
-	prev, err := e.cfg.Members.Get(ctx, user)
-	if err != nil {
-		return err
+	b := e.newBatch(p)
+	prev, ok := b.cache.get(user)
+	if !ok {
+		var err error
+		if prev, err = e.cfg.Members.Get(ctx, user); err != nil {
+			return err
+		}
 	}
 	if err := e.cfg.Store.Delete(ctx, user); err != nil {
 		return fmt.Errorf("erase profile: %w", err)
@@ -877,15 +968,12 @@ func (e *Engine) erase(ctx context.Context, p int, user string) error {
 		return err
 	}
 	d := &delta.Delta{UserID: user, Version: prev.Version + 1, Cause: delta.CauseErase, Members: []string{}, Exited: prev.Members, Erased: true}
-	if r := e.cfg.Rules(); r != nil {
-		d.Ruleset = r.Version()
+	if b.rules != nil {
+		d.Ruleset = b.rules.Version()
 	}
-	if err := e.publish(ctx, p, d); err != nil {
-		return err
-	}
-	if err := e.cfg.Members.Count(ctx, nil, prev.Members); err != nil {
-		e.cfg.Log.Warn("segment member counts", "err", err)
-	}
+	b.deltas, b.ctxs = []*delta.Delta{d}, []context.Context{ctx}
+	b.exited = prev.Members
 	// Keep the version (with no members) so a later profile of the same id continues upward.
-	return e.cfg.Members.Put(ctx, user, members.Record{Version: d.Version})
+	b.put(user, members.Record{Version: d.Version})
+	return e.flush(ctx, b)
 }

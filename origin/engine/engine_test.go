@@ -77,6 +77,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigWith(t, members.NewMemory())
+}
+
+// newRigWith is newRig with the members store mem.
+func newRigWith(t *testing.T, mem members.Store) *rig {
+	t.Helper()
 	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -89,7 +95,7 @@ func newRig(t *testing.T) *rig {
 	eng, err := New(Config{
 		JS: n.JS, Topology: n.Topology,
 		Store:    memory.New(store.Options{Now: clk.Now}),
-		Members:  members.NewMemory(),
+		Members:  mem,
 		Schedule: schedule.NewMemory(),
 		Rules:    func() Rules { return r.rules.Load() },
 		Now:      clk.Now,

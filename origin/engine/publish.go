@@ -15,7 +15,6 @@ import (
 
 	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/trace"
-	"github.com/segedge/segedge/origin/members"
 )
 
 // Publishing deltas: one DELTAS message per flush (delta format 1, core/delta), split only when
@@ -32,7 +31,9 @@ import (
 // newer, which is what JetStream's dedup did per delta. It learns them from its own publishes
 // that were not recorded yet (a flush that failed after publishing) and, when it starts or takes
 // the partition, by reading back the partition's last flush on DELTAS (tailVersions): only the
-// last flush can be unrecorded, since a flush writes the records before the next one starts.
+// last flush can be unrecorded, since a flush writes the records before the next one starts:
+// once its deltas are out, a flush retries writing the records in place until it succeeds or
+// the worker stops (Engine.record), on every path (events, expiries, tasks, erasures).
 // Left: an origin that dies while catching up after another one died, having published deltas
 // of its own meanwhile, hides the first one's unrecorded deltas from the next; those versions can
 // then appear twice on DELTAS (edges drop the second as stale, as any redelivery).
@@ -249,19 +250,9 @@ func (e *Engine) readTail(ctx context.Context, p int) error {
 		for u := range have {
 			users = append(users, u)
 		}
-		var rs []members.Record
-		if mb, ok := e.cfg.Members.(members.Batcher); ok {
-			if rs, err = mb.GetMany(rctx, users); err != nil {
-				return fmt.Errorf("read the last deltas of partition %d: %w", p, err)
-			}
-		} else {
-			for _, u := range users {
-				r, err := e.cfg.Members.Get(rctx, u)
-				if err != nil {
-					return fmt.Errorf("read the last deltas of partition %d: %w", p, err)
-				}
-				rs = append(rs, r)
-			}
+		rs, err := e.readRecords(rctx, users)
+		if err != nil {
+			return fmt.Errorf("read the last deltas of partition %d: %w", p, err)
 		}
 		for i, u := range users {
 			if rs[i].Version >= have[u] {

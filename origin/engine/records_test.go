@@ -1,0 +1,138 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segedge/segedge/core/delta"
+	"github.com/segedge/segedge/core/event"
+	"github.com/segedge/segedge/origin/members"
+)
+
+// An expiry's delta is published but its membership record cannot be written (Redis down for a
+// moment), and the user sends an event meanwhile. The worker keeps retrying the record before it
+// does anything else, so the event's delta is the next version and reaches DELTAS. Before, the
+// expiry was only rescheduled: the event started from the old record, got the expiry's version,
+// and was left out as already on DELTAS, so the edges never saw the user re-enter.
+func TestADeltaPublishedButNotRecordedIsRecordedBeforeTheUsersNextDelta(t *testing.T) {
+	mem := &stuckMembers{Memory: members.NewMemory()}
+	r := newRigWith(t, mem)
+	r.send(t, event.Event{ID: "e1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); d.Version != 1 || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("first delta = %+v", d)
+	}
+
+	mem.failing.Store(true)
+	r.clk.Add(32 * time.Minute)
+	d := r.next(t)
+	if d.Cause != delta.CauseExpiry || d.Version != 2 || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+		t.Fatalf("expiry delta = %+v", d)
+	}
+	for deadline := time.Now().Add(5 * time.Second); mem.failed.Load() < 1; { // published, the record write failed
+		if time.Now().After(deadline) {
+			t.Fatal("the expiry's record was never written")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.send(t, event.Event{ID: "e2", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	time.Sleep(200 * time.Millisecond)
+	mem.failing.Store(false)
+
+	d = r.next(t)
+	if d.Cause != delta.CauseEvent || d.Version != 3 || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("the event's delta = %+v, want version 3 entering cart_abandoner", d)
+	}
+	rec, err := mem.Get(context.Background(), "alice")
+	if err != nil || rec.Version != 3 {
+		t.Fatalf("alice's record = %+v, %v; want version 3", rec, err)
+	}
+}
+
+// countingMembers counts the records read from the members store.
+type countingMembers struct {
+	*members.Memory
+	reads atomic.Int64
+}
+
+func (m *countingMembers) Get(ctx context.Context, user string) (members.Record, error) {
+	m.reads.Add(1)
+	return m.Memory.Get(ctx, user)
+}
+
+func (m *countingMembers) GetMany(ctx context.Context, users []string) ([]members.Record, error) {
+	m.reads.Add(int64(len(users)))
+	return m.Memory.GetMany(ctx, users)
+}
+
+// A partition worker reads a user's membership record from the store once and then uses what it
+// wrote itself.
+func TestAWorkerReadsAUsersRecordOnce(t *testing.T) {
+	mem := &countingMembers{Memory: members.NewMemory()}
+	r := newRigWith(t, mem)
+	for i := range 5 {
+		r.send(t, event.Event{ID: "e" + string(rune('0'+i)), UserID: "bob", Type: "add_to_cart", TS: r.clk.Now()})
+		if i == 0 {
+			if d := r.next(t); d.Version != 1 {
+				t.Fatalf("delta = %+v", d)
+			}
+		}
+	}
+	r.clk.Add(32 * time.Minute)
+	if d := r.next(t); d.Cause != delta.CauseExpiry || d.Version != 2 {
+		t.Fatalf("expiry delta = %+v, want version 2", d)
+	}
+	if got := mem.reads.Load(); got != 1 {
+		t.Fatalf("read bob's record %d times, want once", got)
+	}
+}
+
+// A partition that goes to another origin and comes back: the worker must not trust what it
+// cached before, since the other origin wrote the users' records meanwhile.
+func TestAWorkerThatRetakesAPartitionRereadsTheRecords(t *testing.T) {
+	s := newShared(t)
+	P := s.n.Topology.Partitions
+	users := make([]string, P) // users[p] is a user of partition p
+	for i := 0; slices.Contains(users, ""); i++ {
+		u := fmt.Sprintf("user-%d", i)
+		if p := event.Partition(u, P); users[p] == "" {
+			users[p] = u
+		}
+	}
+	sent := 0
+	send := func(ps []int) {
+		t.Helper()
+		var evs []event.Event
+		for _, p := range ps {
+			sent++
+			evs = append(evs, event.Event{ID: fmt.Sprint("e", sent), UserID: users[p], Type: "add_to_cart", TS: time.Now()})
+		}
+		publishEvents(t, s.n, evs)
+	}
+	all := make([]int, P)
+	for p := range all {
+		all[p] = p
+	}
+
+	a := s.start(t, "origin-a")
+	waitReady(t, a.eng)
+	send(all) // origin a: version 1 of every user, cached
+	readDeltaMsgs(t, s.n, P)
+	b := s.start(t, "origin-b")
+	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
+	moved := b.eng.Held()
+	send(moved) // origin b: version 2 of its half
+	readDeltaMsgs(t, s.n, P+len(moved))
+	b.stop()
+	waitHeld(t, P, 3*testLeaseTTL, []*origin{a}, P)
+	send(moved) // origin a again: version 3, not its cached 1 + 1
+	last := versionsInOrder(t, readDeltaMsgs(t, s.n, P+2*len(moved)))
+	for _, p := range moved {
+		if last[users[p]] != 3 {
+			t.Errorf("partition %d's user at version %d, want 3", p, last[users[p]])
+		}
+	}
+}
