@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ type options struct {
 	natsURL, natsPrefix  string
 	metrics, jsonSummary bool
 	cleanup              bool
+	cpuProfile           string
 }
 
 func main() {
@@ -65,6 +67,7 @@ func main() {
 	fs.BoolVar(&o.metrics, "metrics", true, "scrape the origin's /metrics before and after for its latency histograms")
 	fs.DurationVar(&o.drain, "drain", 30*time.Second, "after sending, wait up to this long for the origin to apply every accepted event")
 	fs.BoolVar(&o.jsonSummary, "json", false, "print one JSON summary line at the end (for scripts)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write loadgen's own CPU profile to this file (to see what measuring costs)")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "send nothing: delete the JetStream streams under -nats-prefix (after a benchmark) and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -85,7 +88,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
+		os.Exit(1)
+	}
 	sum, err := run(ctx, o, os.Stdout)
+	stopProfile()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
 		os.Exit(1)
@@ -140,12 +149,27 @@ type summary struct {
 	LoadgenCPUPerEvent float64 `json:"loadgen_cpu_us_per_event"`
 }
 
-// stats are the sender's counters and samples.
+// stats are the senders' shared counters. Latency samples are kept per sending goroutine
+// (samples) and merged at the end, so recording one takes no lock.
 type stats struct {
 	accepted, rejected, errors, requests atomic.Int64
-	mu                                   sync.Mutex
-	http, sched                          latencies
+	mu                                   sync.Mutex // guards firstErr
 	firstErr                             string
+}
+
+// samples are one sending goroutine's latencies.
+type samples struct {
+	http, sched latencies
+}
+
+// merge appends the samples of every goroutine into one.
+func merge(per []samples) samples {
+	var all samples
+	for _, p := range per {
+		all.http = append(all.http, p.http...)
+		all.sched = append(all.sched, p.sched...)
+	}
+	return all
 }
 
 func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
@@ -153,15 +177,17 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 	_, _ = rand.Read(rb[:])
 	runID := "lg" + hex.EncodeToString(rb[:])
 	client := &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{MaxIdleConns: o.conc, MaxIdleConnsPerHost: o.conc, IdleConnTimeout: time.Minute},
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			MaxIdleConns: o.conc, MaxIdleConnsPerHost: o.conc, IdleConnTimeout: time.Minute,
+			// Room for a whole request (a batch of 50 events is ~10 KiB), so headers and body
+			// leave in one write instead of three or more (4 KiB by default).
+			WriteBufferSize: 64 << 10,
+		},
 	}
 
 	// The delta subscription starts first, so no delta of this run is missed.
-	var dmu sync.Mutex
-	var deltaLat latencies
-	var deltaOther int
-	startMs := time.Now().UnixMilli()
+	deltas := newDeltaRecorder(runID, time.Now().UnixMilli())
 	if o.natsURL != "" {
 		nc, err := nats.Connect(o.natsURL, nats.Name("segedge-loadgen"))
 		if err != nil {
@@ -169,25 +195,7 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		}
 		defer nc.Close()
 		subj := strings.ToLower(o.natsPrefix) + "seg.deltas.*"
-		var stamps []deltaStamp // the subscription's handler runs on one goroutine
-		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
-			now := time.Now().UnixMilli()
-			var err error
-			stamps, err = deltaStamps(m.Data, stamps[:0])
-			dmu.Lock()
-			defer dmu.Unlock()
-			if err != nil {
-				deltaOther++
-				return
-			}
-			for _, d := range stamps {
-				if d.AcceptedAt < startMs || !strings.HasPrefix(d.UserID, runID+"-") {
-					deltaOther++
-					continue
-				}
-				deltaLat = append(deltaLat, time.Duration(now-d.AcceptedAt)*time.Millisecond)
-			}
-		})
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) { deltas.record(m.Data, time.Now().UnixMilli()) })
 		if err != nil {
 			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
 		}
@@ -215,13 +223,17 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 	type job struct{ due time.Time }
 	jobs := make(chan job, o.conc)
 	var wg sync.WaitGroup
+	p := newPoster(client, o)
+	perWorker := make([]samples, o.conc)
 	for w := range o.conc {
 		g := newGenerator(runID, o.users, uint64(w)+1)
+		mine := &perWorker[w]
 		wg.Go(func() {
-			var buf []byte
+			var body []byte
+			var answer bytes.Buffer
 			for j := range jobs {
-				buf = g.batch(buf[:0], o.batch, time.Now(), next)
-				send(ctx, client, o, buf, j.due, st)
+				body = g.batch(body[:0], o.batch, time.Now(), next)
+				p.send(ctx, body, &answer, j.due, st, mine)
 			}
 		})
 	}
@@ -252,12 +264,11 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		fmt.Fprintf(out, " (first: %s)", st.firstErr)
 	}
 	fmt.Fprintln(out)
-	st.mu.Lock()
-	fmt.Fprintf(out, "HTTP latency     (request start → 202):  %s\n", st.http.summary())
-	fmt.Fprintf(out, "schedule latency (batch due → 202):      %s\n", st.sched.summary())
-	sum.HTTPP50, sum.HTTPP99 = ms(st.http, 0.5), ms(st.http, 0.99)
-	sum.SchedP99 = ms(st.sched, 0.99)
-	st.mu.Unlock()
+	lat := merge(perWorker)
+	fmt.Fprintf(out, "HTTP latency     (request start → 202):  %s\n", lat.http.summary())
+	fmt.Fprintf(out, "schedule latency (batch due → 202):      %s\n", lat.sched.summary())
+	sum.HTTPP50, sum.HTTPP99 = ms(lat.http, 0.5), ms(lat.http, 0.99)
+	sum.SchedP99 = ms(lat.sched, 0.99)
 
 	// Wait for the origin to apply everything it accepted, so the histograms below cover the
 	// whole run, backlog included.
@@ -319,16 +330,14 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		// 500ms (at most 5s).
 		for quiet, seen, t1 := 0, -1, time.Now(); quiet < 5 && time.Since(t1) < 5*time.Second; {
 			time.Sleep(100 * time.Millisecond)
-			dmu.Lock()
-			n := len(deltaLat) + deltaOther
-			dmu.Unlock()
-			if n == seen {
+			if n := deltas.seen(); n == seen {
 				quiet++
 			} else {
 				quiet, seen = 0, n
 			}
 		}
-		dmu.Lock()
+		deltas.mu.Lock()
+		deltaLat, deltaOther := deltas.lat, deltas.other
 		sum.Deltas = len(deltaLat)
 		fmt.Fprintf(out, "ingest→delta on DELTAS (now − accepted_at, 1ms resolution): %s", deltaLat.summary())
 		if deltaOther > 0 {
@@ -340,7 +349,7 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		} else {
 			sum.DeltaP50, sum.DeltaP99, sum.DeltaP999 = ms(deltaLat, 0.5), ms(deltaLat, 0.99), ms(deltaLat, 0.999)
 		}
-		dmu.Unlock()
+		deltas.mu.Unlock()
 	}
 	return sum, nil
 }
@@ -355,43 +364,55 @@ func ms(l latencies, q float64) float64 {
 	return float64(quantile(s, q)) / float64(time.Millisecond)
 }
 
-// send posts one batch and records the outcome.
-func send(ctx context.Context, client *http.Client, o options, body []byte, due time.Time, st *stats) {
+// poster sends batches to the origin; the URL and the authorization header are built once.
+type poster struct {
+	client    *http.Client
+	url, auth string
+	batch     int
+}
+
+func newPoster(client *http.Client, o options) *poster {
+	return &poster{client: client, url: o.origin + "/v1/events", auth: "Bearer " + o.writeKey, batch: o.batch}
+}
+
+// send posts one batch and records the outcome: counters in st, latencies in mine (the calling
+// goroutine's own). answer is the caller's buffer for the response body, reused across calls.
+func (p *poster) send(ctx context.Context, body []byte, answer *bytes.Buffer, due time.Time, st *stats, mine *samples) {
 	st.requests.Add(1)
-	req, err := http.NewRequestWithContext(ctx, "POST", o.origin+"/v1/events", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, "POST", p.url, bytes.NewReader(body))
 	if err != nil {
-		st.fail(int64(o.batch), err.Error())
+		st.fail(int64(p.batch), err.Error())
 		return
 	}
-	req.Header.Set("Authorization", "Bearer "+o.writeKey)
-	req.Header.Set("Content-Type", "application/json")
+	req.Header["Authorization"] = []string{p.auth}
+	req.Header["Content-Type"] = []string{"application/json"}
 	t0 := time.Now()
-	res, err := client.Do(req)
+	res, err := p.client.Do(req)
 	if err != nil {
 		st.errors.Add(1)
-		st.fail(int64(o.batch), err.Error())
+		st.fail(int64(p.batch), err.Error())
 		return
 	}
-	raw, _ := io.ReadAll(res.Body)
+	answer.Reset()
+	_, _ = answer.ReadFrom(res.Body)
 	res.Body.Close()
 	done := time.Now()
+	raw := answer.Bytes()
+	if res.StatusCode != http.StatusAccepted {
+		st.errors.Add(1)
+		st.fail(int64(p.batch), fmt.Sprintf("HTTP %d: %s", res.StatusCode, strings.TrimSpace(string(raw))))
+		return
+	}
 	var ans struct {
 		Accepted int `json:"accepted"`
 	}
 	_ = json.Unmarshal(raw, &ans)
-	if res.StatusCode != http.StatusAccepted {
-		st.errors.Add(1)
-		st.fail(int64(o.batch), fmt.Sprintf("HTTP %d: %s", res.StatusCode, strings.TrimSpace(string(raw))))
-		return
-	}
 	st.accepted.Add(int64(ans.Accepted))
-	if r := o.batch - ans.Accepted; r > 0 {
+	if r := p.batch - ans.Accepted; r > 0 {
 		st.fail(int64(r), fmt.Sprintf("HTTP 202 with %d events rejected: %s", r, strings.TrimSpace(string(raw))))
 	}
-	st.mu.Lock()
-	st.http = append(st.http, done.Sub(t0))
-	st.sched = append(st.sched, done.Sub(due))
-	st.mu.Unlock()
+	mine.http = append(mine.http, done.Sub(t0))
+	mine.sched = append(mine.sched, done.Sub(due))
 }
 
 func (st *stats) fail(events int64, msg string) {
@@ -465,6 +486,29 @@ func cleanup(url, prefix string) error {
 	return nil
 }
 
+// startCPUProfile starts writing a CPU profile to path (nothing when path is empty) and returns
+// the function that finishes it: loadgen shares the machine with what it measures, so what it
+// spends itself is worth looking at.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "loadgen: cpu profile %s: %v\n", path, err)
+		}
+	}, nil
+}
+
 // selfCPU is the CPU time (user and system) this process has used.
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -474,27 +518,45 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// deltaStamp is what loadgen reads of a delta: whose it is and when its event was accepted.
-type deltaStamp struct {
-	UserID     string `json:"user_id"`
-	AcceptedAt int64  `json:"accepted_at"`
+// deltaRecorder collects the ingest→delta latencies of this run's deltas, fed by the DELTAS
+// subscription's handler (one goroutine).
+type deltaRecorder struct {
+	prefix  []byte // this run's user ids start with it
+	startMs int64  // deltas of events accepted before the run are not this run's
+	stamps  []deltaStamp
+
+	mu    sync.Mutex // guards lat and other, which the report reads
+	lat   latencies
+	other int // deltas of other users, causes or runs, and unreadable messages
 }
 
-// deltaStamps appends the stamps of a DELTAS message's deltas to dst. It reads both formats of
-// core/delta (an array of deltas, or one delta from an origin before batching) and only the two
-// fields it needs, so measuring costs the machine under test little.
-func deltaStamps(b []byte, dst []deltaStamp) ([]deltaStamp, error) {
-	b = bytes.TrimLeft(b, " \t\r\n")
-	if len(b) > 0 && b[0] == '[' {
-		var ds []deltaStamp
-		if err := json.Unmarshal(b, &ds); err != nil {
-			return dst, fmt.Errorf("decode delta batch: %w", err)
+func newDeltaRecorder(runID string, startMs int64) *deltaRecorder {
+	return &deltaRecorder{prefix: []byte(runID + "-"), startMs: startMs}
+}
+
+// record takes the latency of every delta of this run in one DELTAS message received at nowMs.
+// Not safe for concurrent use (a subscription calls its handler on one goroutine).
+func (r *deltaRecorder) record(msg []byte, nowMs int64) {
+	var err error
+	r.stamps, err = deltaStamps(msg, r.stamps[:0])
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.other++
+		return
+	}
+	for _, d := range r.stamps {
+		if d.AcceptedAt < r.startMs || !bytes.HasPrefix(d.UserID, r.prefix) {
+			r.other++
+			continue
 		}
-		return append(dst, ds...), nil
+		r.lat = append(r.lat, time.Duration(nowMs-d.AcceptedAt)*time.Millisecond)
 	}
-	var d deltaStamp
-	if err := json.Unmarshal(b, &d); err != nil {
-		return dst, fmt.Errorf("decode delta: %w", err)
-	}
-	return append(dst, d), nil
+}
+
+// seen is how many deltas were recorded or ignored so far.
+func (r *deltaRecorder) seen() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.lat) + r.other
 }
