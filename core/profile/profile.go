@@ -348,6 +348,68 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 	return time.UnixMilli(best).UTC(), true
 }
 
+// With returns the profile p becomes after u, equal to what p.Clone() then Apply(u) gives, but
+// without copying what u leaves alone: the result shares p's untouched maps and series. Stores
+// keep profiles immutable once handed out (a new state is a new profile), and copying every map
+// and series for every event was 13 % of the origin's CPU with the memory store; an event
+// touches its last-seen time and a few features. Neither p nor the result may be modified in
+// place afterwards.
+func (p *Profile) With(u Update) *Profile {
+	c := *p
+	c.Version++
+	now := u.Now.UTC()
+	if c.Created.IsZero() {
+		c.Created = now
+	}
+	c.Updated = now
+	ts := u.TS.UTC()
+	if last, ok := p.LastSeen[u.Type]; !ok || ts.After(last) {
+		c.LastSeen = cloneMap(p.LastSeen, 1)
+		c.LastSeen[u.Type] = ts
+	}
+	copied := false
+	for _, t := range u.Traits {
+		if old, ok := c.Traits[t.Name]; ok && old.TS.After(ts) {
+			continue
+		}
+		if !copied {
+			c.Traits, copied = cloneMap(p.Traits, len(u.Traits)), true
+		}
+		c.Traits[t.Name] = Trait{Value: t.Value, TS: ts}
+	}
+	if len(u.Series) > 0 {
+		c.Series = cloneMap(p.Series, len(u.Series))
+		for _, su := range u.Series {
+			s := &Series{}
+			if old := c.Series[su.Key]; old != nil {
+				s.Buckets = slices.Clone(old.Buckets)
+			}
+			s.add(su)
+			if len(s.Buckets) == 0 {
+				delete(c.Series, su.Key)
+			} else {
+				c.Series[su.Key] = s
+			}
+		}
+	}
+	if len(u.Scores) > 0 {
+		c.Scores = cloneMap(p.Scores, len(u.Scores))
+		for _, su := range u.Scores {
+			c.Scores[su.Name] = addScore(c.Scores[su.Name], su, ts)
+		}
+	}
+	return &c
+}
+
+// cloneMap copies m into a new map with room for extra more entries.
+func cloneMap[K comparable, V any](m map[K]V, extra int) map[K]V {
+	c := make(map[K]V, len(m)+extra)
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
 // Clone returns a deep copy, so a store can hand out profiles that callers may keep.
 func (p *Profile) Clone() *Profile {
 	c := *p

@@ -116,8 +116,7 @@ func (s *Store) Apply(ctx context.Context, ev event.Event, spec *profile.Spec) (
 	}
 	e.seen[ev.ID] = now
 	// Copy on write: profiles already handed out stay as they were.
-	next := e.p.Clone()
-	next.Apply(u)
+	next := e.p.With(u)
 	e.p = next
 	e.expires = now.Add(s.opts.Retention)
 	return next, true, nil
