@@ -159,20 +159,31 @@ func (p *Publisher) group(events []event.Event, acceptedAt time.Time, errs []err
 	limit := p.maxMessageBytes()
 	var msgs []*outMsg
 	open := make(map[int]*outMsg, p.topo.Partitions)
+	// Each message is sized once from how many events its partition gets, instead of growing
+	// by doubling (that was 12 % of the bytes the origin allocated).
+	parts := make([]int, len(events))
+	left := make([]int, p.topo.Partitions) // events of each partition not yet in a message
+	for i, ev := range events {
+		parts[i] = event.Partition(ev.UserID, p.topo.Partitions)
+		left[parts[i]]++
+	}
 	var scratch []byte
 	for i, ev := range events {
+		part := parts[i]
+		left[part]--
 		var err error
 		if scratch, err = event.AppendWire(scratch[:0], ev, acceptedAt); err != nil {
 			errs[i] = fmt.Errorf("encode event: %w", err)
 			continue
 		}
-		part := event.Partition(ev.UserID, p.topo.Partitions)
 		m := open[part]
 		if m != nil && len(m.body)+1+len(scratch) > limit {
 			m = nil // full: later events of this partition go into a new message, after it
 		}
 		if m == nil {
-			m = &outMsg{partition: part}
+			n := left[part] + 1
+			m = &outMsg{partition: part, idx: make([]int, 0, n), ids: make([]string, 0, n),
+				body: make([]byte, 0, min(limit, n*(len(scratch)+len(scratch)/4+1)))}
 			open[part] = m
 			msgs = append(msgs, m)
 		} else {

@@ -3,12 +3,14 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -182,5 +184,30 @@ func TestInvalidateIsStoredForEveryEdge(t *testing.T) {
 	m, err := s.GetLastMsgForSubject(context.Background(), o.n.Topology.InvalidateSubject())
 	if err != nil || !strings.Contains(string(m.Data), "product-42") {
 		t.Fatalf("stored purge = %v, %v", m, err)
+	}
+}
+
+func TestReadBodyReadsEverythingWhateverTheAnnouncedLength(t *testing.T) {
+	body := strings.Repeat("0123456789", 5000)
+	for _, tc := range []struct {
+		name      string
+		announced int64
+		buf       []byte
+	}{
+		{"unknown length", -1, nil},
+		{"exact length", int64(len(body)), nil},
+		{"announced too short", 100, nil},
+		{"announced too long", 1 << 20, nil},
+		{"reused buffer with old bytes", int64(len(body)), []byte("stale bytes from a previous request")[:0]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readBody(tc.buf, iotest.HalfReader(strings.NewReader(body)), tc.announced, 1<<16)
+			if err != nil || string(got) != body {
+				t.Fatalf("read %d bytes, err %v; want the %d-byte body", len(got), err, len(body))
+			}
+		})
+	}
+	if _, err := readBody(nil, iotest.ErrReader(errors.New("boom")), 10, 100); err == nil {
+		t.Fatal("a read error was not returned")
 	}
 }
