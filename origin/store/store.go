@@ -64,10 +64,19 @@ type Options struct {
 	DedupWindow time.Duration
 	// Now is the clock (default time.Now); tests inject one.
 	Now func() time.Time
+	// CacheProfiles bounds the Redis store's in-process profile cache, in profiles (default
+	// DefaultCacheProfiles; negative: no cache). An event of a cached user costs one round trip
+	// (the compare-and-set); a user not cached is read first. A cached profile takes about 2 KB
+	// with a small ruleset (one count, a score, a few traits), so the default holds ~120 MB at
+	// most. The memory store ignores it.
+	CacheProfiles int
 }
 
 // DefaultDedupWindow is the default Options.DedupWindow.
 const DefaultDedupWindow = 24 * time.Hour
+
+// DefaultCacheProfiles is the default Options.CacheProfiles.
+const DefaultCacheProfiles = 65536
 
 // WithDefaults fills the zero fields.
 func (o Options) WithDefaults() Options {
@@ -79,6 +88,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.CacheProfiles == 0 {
+		o.CacheProfiles = DefaultCacheProfiles
 	}
 	return o
 }

@@ -26,8 +26,20 @@ func newTestStore(t testing.TB, opts store.Options) *Store {
 	return s
 }
 
+// The suite runs with the profile cache on (the default) and off: the cache must never change
+// a result, only save reads.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, opts store.Options) store.Store { return newTestStore(t, opts) })
+	for _, tc := range []struct {
+		name  string
+		cache int
+	}{{"Cached", 0}, {"Uncached", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T, opts store.Options) store.Store {
+				opts.CacheProfiles = tc.cache
+				return newTestStore(t, opts)
+			})
+		})
+	}
 }
 
 func TestKeysShareOneHashTagPerUser(t *testing.T) {

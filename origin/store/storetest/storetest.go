@@ -236,6 +236,60 @@ func Run(t *testing.T, newStore NewStore) {
 		}
 	})
 
+	t.Run("RedeliveredBatchOfOneUserIsAllDuplicates", func(t *testing.T) {
+		// A message redelivered after a crash: many events of one user, applied before (all,
+		// or the first part). Every event is a duplicate or applied once, none fails.
+		e := setup(t, newStore, store.Options{})
+		var evs []event.Event
+		for i := range 40 {
+			evs = append(evs, event.Event{ID: fmt.Sprintf("m%d", i), UserID: "u", Type: "page_view", TS: t0.Add(time.Duration(i) * time.Second)})
+		}
+		for _, step := range []struct {
+			evs  []event.Event
+			from int // evs[from:] are new
+		}{{evs[:15], 0}, {evs, 15}, {evs, 40}} {
+			res, err := e.s.ApplyBatch(e.ctx, step.evs, e.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range res {
+				if want := i >= step.from; r.Err != nil || r.Applied != want {
+					t.Fatalf("event %d of %d: applied %v err %v, want applied %v", i, len(step.evs), r.Applied, r.Err, want)
+				}
+			}
+		}
+		e.expect(e.get("u"), t0.Add(time.Minute), map[profile.Feature]profile.Value{views90d: profile.IntValue(40)})
+	})
+
+	t.Run("ProfilesHandedOutNeverChange", func(t *testing.T) {
+		// The engine keeps a batch's result profiles while it applies later events of the
+		// same users: a result must stay as it was returned.
+		e := setup(t, newStore, store.Options{})
+		evs := []event.Event{
+			{ID: "1", UserID: "u", Type: "add_to_cart", TS: t0},
+			{ID: "2", UserID: "u", Type: "identify", TS: t0, Props: map[string]any{"plan": "pro"}},
+			{ID: "3", UserID: "u", Type: "purchase", TS: t0, Props: map[string]any{"amount": 5.0}},
+		}
+		res, err := e.s.ApplyBatch(e.ctx, evs, e.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := e.get("u")
+		e.apply("4", "u", "add_to_cart", t0, nil)
+		e.apply("5", "u", "identify", t0, map[string]any{"plan": "free"})
+		for i, r := range res {
+			if r.Err != nil || r.Profile.Version != int64(i+1) {
+				t.Fatalf("result %d: %v, %v; want version %d", i, r.Profile, r.Err, i+1)
+			}
+		}
+		e.expect(res[0].Profile, t0, map[profile.Feature]profile.Value{cart30m: profile.IntValue(1), planTrait: {}})
+		e.expect(res[2].Profile, t0, map[profile.Feature]profile.Value{cart30m: profile.IntValue(1), planTrait: profile.StringValue("pro"), buy7d: profile.IntValue(1)})
+		if got.Version != 3 {
+			t.Errorf("a profile from Get changed: version %d, want 3", got.Version)
+		}
+		e.expect(got, t0, map[profile.Feature]profile.Value{cart30m: profile.IntValue(1), planTrait: profile.StringValue("pro")})
+	})
+
 	t.Run("DuplicateEventIDsAreAppliedOnce", func(t *testing.T) {
 		e := setup(t, newStore, store.Options{DedupWindow: time.Hour})
 		e.apply("e1", "u", "purchase", t0, map[string]any{"amount": 10.0})
