@@ -11,6 +11,7 @@ import (
 	"github.com/segedge/segedge/core/config"
 	"github.com/segedge/segedge/core/trace"
 	"github.com/segedge/segedge/origin/engine"
+	"github.com/segedge/segedge/origin/store"
 )
 
 // Config is every setting of the origin. Each field is a flag with an environment variable of
@@ -28,6 +29,7 @@ type Config struct {
 	WriteKey           string        // SEGEDGE_WRITE_KEY: bearer key of server-side ingest
 	ReadKey            string        // SEGEDGE_READ_KEY: bearer key for reading users and segments
 	Retention          time.Duration // SEGEDGE_RETENTION: how long idle profiles are kept
+	ProfileCache       int           // SEGEDGE_PROFILE_CACHE: profiles the Redis store keeps in memory
 	WebhookSecret      string        // SEGEDGE_WEBHOOK_SECRET: signs trigger webhooks
 	WebhookAllow       string        // SEGEDGE_WEBHOOK_ALLOW: hosts webhooks may reach despite the private-address guard
 	WebhookAttempts    int           // SEGEDGE_WEBHOOK_ATTEMPTS: deliveries before a firing is dead-lettered
@@ -58,6 +60,7 @@ func Flags(c *Config, usage io.Writer) *config.Set {
 	s.String(&c.WriteKey, "write-key", "SEGEDGE_WRITE_KEY", "", "bearer key for POST /v1/events at the origin; empty: server-side ingest refuses every request")
 	s.String(&c.ReadKey, "read-key", "SEGEDGE_READ_KEY", "", "bearer key that may read users and segments (GET /v1/users/…, /user/segments, /v1/segments) but change nothing; empty: only the admin token reads")
 	s.Duration(&c.Retention, "retention", "SEGEDGE_RETENTION", 90*24*time.Hour, "how long an idle profile is kept after its last event")
+	s.Int(&c.ProfileCache, "profile-cache", "SEGEDGE_PROFILE_CACHE", store.DefaultCacheProfiles, "profiles the Redis store keeps in this process to compute events without reading them back (about 2 KB each); 0 or less: none, every event's profile is read from Redis")
 	s.String(&c.WebhookSecret, "webhook-secret", "SEGEDGE_WEBHOOK_SECRET", "", "HMAC-SHA256 key of the X-Segedge-Signature header on trigger webhooks; empty: webhooks are not called")
 	s.String(&c.WebhookAllow, "webhook-allow", "SEGEDGE_WEBHOOK_ALLOW", "", "comma-separated hosts (e.g. 127.0.0.1, *.example.com) webhooks may reach even on private addresses")
 	s.Int(&c.WebhookAttempts, "webhook-attempts", "SEGEDGE_WEBHOOK_ATTEMPTS", 8, "webhook deliveries tried before a trigger firing goes to TRIGGERS_DLQ")

@@ -27,7 +27,10 @@ type stores struct {
 }
 
 func openStores(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, ready *ops.Readiness) (*stores, error) {
-	opts := store.Options{Retention: cfg.Retention}
+	opts := store.Options{Retention: cfg.Retention, CacheProfiles: cfg.ProfileCache}
+	if cfg.ProfileCache <= 0 {
+		opts.CacheProfiles = -1 // off; store.Options reads 0 as the default
+	}
 	m := store.NewMetrics(reg)
 	if cfg.RedisURL == "" {
 		log.Info("profile store: in memory (set REDIS_URL for Redis)")
