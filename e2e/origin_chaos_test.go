@@ -446,9 +446,9 @@ func TestOriginKilledMidStreamLosesAndDoublesNothing(t *testing.T) {
 	}
 	t.Logf("%d posts, %d failed attempts (re-sent), e.g. %s", s.posts.Load(), len(fails), strings.Join(firstN(fails, 2), "; "))
 
-	// Events the killed process had pulled but not acknowledged come back after the consumer's
-	// AckWait (5s; the engine keeps messages it is still retrying in progress), so allow for it
-	// with margin for a loaded machine.
+	// Events the killed process had pulled but not acknowledged come back once the second origin
+	// has taken the partitions and recreated their consumers from the ack floor; allow a margin
+	// for a loaded machine.
 	waitExactlyOnce(t, o, userIDs, s.Expected(), 30*time.Second)
 	checkDeltaVersions(t, o, userIDs)
 	// Redelivered events the killed process had already applied show up as duplicates here.

@@ -87,7 +87,10 @@ type Config struct {
 	// Batch is the most events a partition worker handles at once (default 128).
 	Batch int
 	// AckWait is how long JetStream waits for an event's acknowledgement before redelivering it
-	// (default 5s): after a crash, the events the dead origin had taken come back after it.
+	// (default 15s). It no longer decides how soon a crashed origin's events come back (the
+	// next holder recreates the consumer from its ack floor, see consumer), but it bounds how
+	// long a message may wait in this worker's pull buffer: under overload, a short AckWait
+	// brought buffered messages back as duplicates, which made the overload worse.
 	AckWait time.Duration
 	// MaxEventAttempts is how many deliveries of a message the store may refuse one of its
 	// events (a per-event error, not an outage: an outage fails the whole batch, which is
@@ -188,7 +191,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Batch = 128
 	}
 	if cfg.AckWait <= 0 {
-		cfg.AckWait = 5 * time.Second
+		cfg.AckWait = 15 * time.Second
 	}
 	if cfg.MaxEventAttempts <= 0 {
 		cfg.MaxEventAttempts = 5

@@ -81,6 +81,8 @@ func TestAWorkerReadsAUsersRecordOnce(t *testing.T) {
 			}
 		}
 	}
+	// every event applied and acknowledged before the time passes
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	r.clk.Add(32 * time.Minute)
 	if d := r.next(t); d.Cause != delta.CauseExpiry || d.Version != 2 {
 		t.Fatalf("expiry delta = %+v, want version 2", d)
