@@ -426,7 +426,9 @@ func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
 		e.cfg.Log.Warn("read due re-evaluations", "partition", p, "err", err)
 		return
 	}
+	cache := e.recs[p].Load()
 	for _, u := range users {
+		cache.forgetDue(u) // Due took it off the schedule
 		if err := e.evaluate(ctx, p, u, delta.CauseExpiry, 0, now.UnixMilli()); err != nil {
 			e.cfg.Log.Warn("re-evaluate at due time; retrying in 1s", "partition", p, "err", err)
 			_ = e.cfg.Schedule.At(ctx, p, u, now.Add(time.Second))
@@ -871,10 +873,16 @@ func (e *Engine) record(ctx context.Context, b *batch) error {
 // recordOnce writes the due times, fires the triggers and writes the membership records once.
 // Every step may be repeated: a due time keeps the earliest, firings are deduplicated by id, a
 // record is overwritten with the same value.
-func (e *Engine) recordOnce(ctx context.Context, b *batch) error {
-	if err := e.writeDue(ctx, b); err != nil {
-		return fmt.Errorf("record due times: %w", err)
-	}
+func (e *Engine) recordOnce(ctx context.Context, b *batch) (err error) {
+	// The due times go to the schedule while the records go to the members store: two round
+	// trips at once instead of one after the other.
+	dueErr := make(chan error, 1)
+	go func() { dueErr <- e.writeDue(ctx, b) }()
+	defer func() {
+		if derr := <-dueErr; derr != nil && err == nil {
+			err = fmt.Errorf("record due times: %w", derr)
+		}
+	}()
 	if e.cfg.Triggers != nil {
 		for _, d := range b.fire {
 			if err := e.cfg.Triggers.Fire(ctx, d); err != nil {
@@ -920,16 +928,27 @@ func (e *Engine) writeDue(ctx context.Context, b *batch) error {
 	users := make([]string, 0, len(b.due))
 	dues := make([]time.Time, 0, len(b.due))
 	for u, t := range b.due {
-		users = append(users, u)
-		dues = append(dues, t)
+		if !b.cache.dueRecorded(u, t) {
+			users = append(users, u)
+			dues = append(dues, t)
+		}
+	}
+	if len(users) == 0 {
+		return nil
 	}
 	if sb, ok := e.cfg.Schedule.(schedule.Batcher); ok {
-		return sb.AtMany(ctx, b.p, users, dues)
-	}
-	for i, u := range users {
-		if err := e.cfg.Schedule.At(ctx, b.p, u, dues[i]); err != nil {
+		if err := sb.AtMany(ctx, b.p, users, dues); err != nil {
 			return err
 		}
+	} else {
+		for i, u := range users {
+			if err := e.cfg.Schedule.At(ctx, b.p, u, dues[i]); err != nil {
+				return err
+			}
+		}
+	}
+	for i, u := range users {
+		b.cache.recordDue(u, dues[i])
 	}
 	return nil
 }
@@ -970,6 +989,7 @@ func (e *Engine) erase(ctx context.Context, p int, user string) error {
 	if err := e.cfg.Schedule.Cancel(ctx, p, user); err != nil {
 		return err
 	}
+	b.cache.forgetDue(user)
 	d := &delta.Delta{UserID: user, Version: prev.Version + 1, Cause: delta.CauseErase, Members: []string{}, Exited: prev.Members, Erased: true}
 	if b.rules != nil {
 		d.Ruleset = b.rules.Version()

@@ -83,6 +83,12 @@ func newRig(t *testing.T) *rig {
 // newRigWith is newRig with the members store mem.
 func newRigWith(t *testing.T, mem members.Store) *rig {
 	t.Helper()
+	return newRigWithSchedule(t, mem, schedule.NewMemory())
+}
+
+// newRigWithSchedule is newRig with the members store mem and the schedule sched.
+func newRigWithSchedule(t *testing.T, mem members.Store, sched schedule.Schedule) *rig {
+	t.Helper()
 	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -96,7 +102,7 @@ func newRigWith(t *testing.T, mem members.Store) *rig {
 		JS: n.JS, Topology: n.Topology,
 		Store:    memory.New(store.Options{Now: clk.Now}),
 		Members:  mem,
-		Schedule: schedule.NewMemory(),
+		Schedule: sched,
 		Rules:    func() Rules { return r.rules.Load() },
 		Now:      clk.Now,
 		DuePoll:  10 * time.Millisecond,

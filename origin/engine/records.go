@@ -1,6 +1,10 @@
 package engine
 
-import "github.com/segedge/segedge/origin/members"
+import (
+	"time"
+
+	"github.com/segedge/segedge/origin/members"
+)
 
 // DefaultRecordCache is the default Config.RecordCache.
 const DefaultRecordCache = 1 << 15
@@ -13,14 +17,54 @@ const DefaultRecordCache = 1 << 15
 // with an empty cache each time it takes the partition (another origin may have written
 // meanwhile), and a record enters it only once the store has it.
 //
+// It also remembers the due time last recorded for each user (the schedule keeps the earliest
+// one), so that a batch does not write a due time the schedule already has: most events leave a
+// user's next expiry where it was.
+//
 // It is used by the partition's worker goroutine only: no lock.
 type recordCache struct {
 	max int
 	m   map[string]members.Record
+	due map[string]time.Time
 }
 
 func newRecordCache(max int) *recordCache {
-	return &recordCache{max: max, m: make(map[string]members.Record)}
+	return &recordCache{max: max, m: make(map[string]members.Record), due: make(map[string]time.Time)}
+}
+
+// dueRecorded reports whether the schedule already has a due time for user at or before t.
+func (c *recordCache) dueRecorded(user string, t time.Time) bool {
+	if c == nil {
+		return false
+	}
+	d, ok := c.due[user]
+	return ok && !d.After(t)
+}
+
+// recordDue remembers that the schedule has a due time for user at or before t.
+func (c *recordCache) recordDue(user string, t time.Time) {
+	if c == nil || c.max <= 0 {
+		return
+	}
+	if d, ok := c.due[user]; ok && d.Before(t) {
+		return
+	}
+	if _, ok := c.due[user]; !ok && len(c.due) >= c.max {
+		for u := range c.due {
+			delete(c.due, u)
+			if len(c.due) < c.max-c.max/16 {
+				break
+			}
+		}
+	}
+	c.due[user] = t
+}
+
+// forgetDue is called when the schedule no longer has user's due time (taken as due, cancelled).
+func (c *recordCache) forgetDue(user string) {
+	if c != nil {
+		delete(c.due, user)
+	}
 }
 
 func (c *recordCache) get(user string) (members.Record, bool) {

@@ -11,6 +11,7 @@ import (
 	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/origin/members"
+	"github.com/segedge/segedge/origin/schedule"
 )
 
 // An expiry's delta is published but its membership record cannot be written (Redis down for a
@@ -136,5 +137,49 @@ func TestAWorkerThatRetakesAPartitionRereadsTheRecords(t *testing.T) {
 		if last[users[p]] != 3 {
 			t.Errorf("partition %d's user at version %d, want 3", p, last[users[p]])
 		}
+	}
+}
+
+// countingSchedule counts the due times written to the schedule.
+type countingSchedule struct {
+	schedule.Schedule
+	written atomic.Int64
+}
+
+func (s *countingSchedule) At(ctx context.Context, p int, user string, due time.Time) error {
+	s.written.Add(1)
+	return s.Schedule.At(ctx, p, user, due)
+}
+
+// A user's due time is written once while it does not move, and the expiry still happens.
+func TestADueTimeTheScheduleHasIsNotWrittenAgain(t *testing.T) {
+	sched := &countingSchedule{Schedule: schedule.NewMemory()}
+	r := newRigWithSchedule(t, members.NewMemory(), sched)
+	for i := range 4 { // one batch each
+		r.send(t, event.Event{ID: fmt.Sprint("e", i), UserID: "cid", Type: "add_to_cart", TS: r.clk.Now()})
+		waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
+	}
+	if d := r.next(t); d.Version != 1 {
+		t.Fatalf("delta = %+v", d)
+	}
+	if got := sched.written.Load(); got != 1 {
+		t.Fatalf("wrote the same due time %d times, want once", got)
+	}
+	r.clk.Add(32 * time.Minute)
+	if d := r.next(t); d.Cause != delta.CauseExpiry || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+		t.Fatalf("expiry delta = %+v", d)
+	}
+	// After the expiry the schedule has nothing for her: a new event writes her due time again.
+	r.send(t, event.Event{ID: "e9", UserID: "cid", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); d.Version != 3 {
+		t.Fatalf("delta = %+v", d)
+	}
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
+	if got := sched.written.Load(); got != 2 {
+		t.Fatalf("due times written %d times, want 2", got)
+	}
+	r.clk.Add(32 * time.Minute)
+	if d := r.next(t); d.Cause != delta.CauseExpiry || d.Version != 4 {
+		t.Fatalf("second expiry delta = %+v", d)
 	}
 }
