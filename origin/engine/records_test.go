@@ -27,6 +27,8 @@ func TestADeltaPublishedButNotRecordedIsRecordedBeforeTheUsersNextDelta(t *testi
 		t.Fatalf("first delta = %+v", d)
 	}
 
+	// the first delta recorded and its event acknowledged before the members store goes down
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	mem.failing.Store(true)
 	r.clk.Add(32 * time.Minute)
 	d := r.next(t)
@@ -47,6 +49,7 @@ func TestADeltaPublishedButNotRecordedIsRecordedBeforeTheUsersNextDelta(t *testi
 	if d.Cause != delta.CauseEvent || d.Version != 3 || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
 		t.Fatalf("the event's delta = %+v, want version 3 entering cart_abandoner", d)
 	}
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	rec, err := mem.Get(context.Background(), "alice")
 	if err != nil || rec.Version != 3 {
 		t.Fatalf("alice's record = %+v, %v; want version 3", rec, err)
@@ -124,11 +127,14 @@ func TestAWorkerThatRetakesAPartitionRereadsTheRecords(t *testing.T) {
 	waitReady(t, a.eng)
 	send(all) // origin a: version 1 of every user, cached
 	readDeltaMsgs(t, s.n, P)
+	waitNothingPending(context.Background(), t, s.n.JS, s.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	b := s.start(t, "origin-b")
 	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
 	moved := b.eng.Held()
 	send(moved) // origin b: version 2 of its half
 	readDeltaMsgs(t, s.n, P+len(moved))
+	// b stops after recording and acknowledging them (else a redelivers them: more deltas)
+	waitNothingPending(context.Background(), t, s.n.JS, s.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	b.stop()
 	waitHeld(t, P, 3*testLeaseTTL, []*origin{a}, P)
 	send(moved) // origin a again: version 3, not its cached 1 + 1
@@ -162,6 +168,8 @@ func TestADueTimeTheScheduleHasIsNotWrittenAgain(t *testing.T) {
 	if d := r.next(t); d.Version != 1 {
 		t.Fatalf("delta = %+v", d)
 	}
+	// (the first wait may have passed before the worker had its consumer)
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
 	if got := sched.written.Load(); got != 1 {
 		t.Fatalf("wrote the same due time %d times, want once", got)
 	}
