@@ -34,8 +34,9 @@ func metricNames(t *testing.T, url string) map[string]string {
 // docs/metrics.md must list exactly the metrics the programs register, so dashboards and alerts
 // are written against names that exist. Regenerate the tables with SEGEDGE_WRITE_METRICS_DOC=1.
 func TestMetricsDocMatchesWhatTheProgramsExport(t *testing.T) {
-	// With a webhook secret the origin runs its webhook dispatcher, whose metrics are documented too.
-	sys := startSystem(t, services{originEnv: []string{"SEGEDGE_WEBHOOK_SECRET=metrics-doc"}}, siteUpstream(t).URL)
+	// With a webhook secret the origin runs its webhook dispatcher, whose metrics are documented too;
+	// with Redis, the profile store exports its cache counts.
+	sys := startSystem(t, services{external: true, originEnv: []string{"SEGEDGE_WEBHOOK_SECRET=metrics-doc"}}, siteUpstream(t).URL)
 	putRules(t, sys, "../scripts/demo/rules.yaml")
 	// Metrics with a label per trigger appear once the ruleset is active on both sides.
 	for deadline := time.Now().Add(10 * time.Second); counter(sys.originURL, "segedge_origin_ruleset_version") < 1 ||

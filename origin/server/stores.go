@@ -60,11 +60,33 @@ func openStores(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		return nil, fmt.Errorf("profile store: %w", err)
 	}
 	ready.Add("store", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
-	log.Info("profile store: redis", "addr", opt.Addr)
+	registerCacheMetrics(reg, ps)
+	log.Info("profile store: redis", "addr", opt.Addr, "profile_cache", cfg.ProfileCache)
 	return &stores{
 		profiles: store.Instrument(ps, m),
 		members:  members.NewRedis(rdb, prefix, cfg.Retention),
 		schedule: schedule.NewRedis(rdb, prefix),
 		close:    func() { ps.Close(); rdb.Close() },
 	}, nil
+}
+
+// registerCacheMetrics exports the Redis store's profile cache counts.
+func registerCacheMetrics(reg prometheus.Registerer, ps *redisstore.Store) {
+	for _, result := range []string{"hit", "miss"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "segedge_origin_profile_cache_lookups_total",
+			Help:        "Users of event batches whose profile the Redis store had in memory (hit) or read from Redis (miss).",
+			ConstLabels: prometheus.Labels{"result": result},
+		}, func() float64 {
+			st := ps.CacheStats()
+			if result == "hit" {
+				return float64(st.Hits)
+			}
+			return float64(st.Misses)
+		}))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "segedge_origin_profile_cache_stale_total",
+		Help: "Profile writes Redis refused because the stored profile was not the one the origin computed from (another origin wrote it, it expired or was deleted); the event was recomputed.",
+	}, func() float64 { return float64(ps.CacheStats().Stale) }))
 }

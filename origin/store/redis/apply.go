@@ -350,6 +350,7 @@ func (b *batch) settleCall(cl *call) (brk, redo bool, err error) {
 		cl.ch.dedup = !cl.dup
 		return true, false, nil
 	default: // stale: a new event (whatever was predicted) on a profile Go did not expect
+		b.s.users.stale.Add(1)
 		b.seenAt[cl.i], b.repeat[cl.i] = 0, false
 		cl.ch.base = &stored
 		return true, true, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/segedge/segedge/core/profile"
 )
@@ -34,6 +35,10 @@ type state struct {
 // One mutex, taken once when a batch begins (claim and look up) and once when it ends (store
 // and release), not per event.
 type users struct {
+	// hits and misses count the users of batches that started from a cached profile or not;
+	// stale counts the writes refused because the profile was not the one Go started from.
+	hits, misses, stale atomic.Uint64
+
 	mu      sync.Mutex
 	max     int                      // cache entries at most; <= 0: no cache
 	cached  map[string]state         // the cache
@@ -60,6 +65,9 @@ func (us *users) begin(ctx context.Context, chains []*chain) error {
 				us.claimed[ch.user] = done
 				if st, ok := us.cached[ch.user]; ok {
 					ch.base = &st
+					us.hits.Add(1)
+				} else {
+					us.misses.Add(1)
 				}
 			}
 			us.mu.Unlock()

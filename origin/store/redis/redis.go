@@ -55,6 +55,17 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// CacheStats are counts since the store was made: users of batches that found their profile in
+// the cache (Hits) or read it from Redis (Misses), and writes Redis refused because the profile
+// was not the one the origin computed from (Stale: another origin wrote it, it expired or was
+// deleted; the event is then recomputed).
+type CacheStats struct{ Hits, Misses, Stale uint64 }
+
+// CacheStats returns the cache's counts so far.
+func (s *Store) CacheStats() CacheStats {
+	return CacheStats{Hits: s.users.hits.Load(), Misses: s.users.misses.Load(), Stale: s.users.stale.Load()}
+}
+
 // New returns a store on client c whose keys all start with prefix (e.g. "segedge:"; it must not
 // contain '{'). Close does not close c.
 func New(c goredis.UniversalClient, prefix string, opts store.Options) (*Store, error) {
