@@ -49,14 +49,7 @@ func (c *recordCache) recordDue(user string, t time.Time) {
 	if d, ok := c.due[user]; ok && d.Before(t) {
 		return
 	}
-	if _, ok := c.due[user]; !ok && len(c.due) >= c.max {
-		for u := range c.due {
-			delete(c.due, u)
-			if len(c.due) < c.max-c.max/16 {
-				break
-			}
-		}
-	}
+	makeRoom(c.due, user, c.max)
 	c.due[user] = t
 }
 
@@ -75,19 +68,25 @@ func (c *recordCache) get(user string) (members.Record, bool) {
 	return r, ok
 }
 
-// put remembers r as the store's record of user, evicting arbitrary entries (Go's map
-// iteration starts at a random place) when the cache is full.
+// put remembers r as the store's record of user.
 func (c *recordCache) put(user string, r members.Record) {
 	if c == nil || c.max <= 0 {
 		return
 	}
-	if _, ok := c.m[user]; !ok && len(c.m) >= c.max {
-		for u := range c.m {
-			delete(c.m, u)
-			if len(c.m) < c.max-c.max/16 {
-				break
-			}
+	makeRoom(c.m, user, c.max)
+	c.m[user] = r
+}
+
+// makeRoom evicts arbitrary entries of m (Go's map iteration starts at a random place), a
+// sixteenth of max at a time, when adding key would take it past max entries.
+func makeRoom[V any](m map[string]V, key string, max int) {
+	if _, ok := m[key]; ok || len(m) < max {
+		return
+	}
+	for k := range m {
+		delete(m, k)
+		if len(m) < max-max/16 {
+			return
 		}
 	}
-	c.m[user] = r
 }

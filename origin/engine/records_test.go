@@ -227,3 +227,18 @@ func TestADueTimeTheScheduleHasIsNotWrittenAgain(t *testing.T) {
 		t.Fatalf("second expiry delta = %+v", d)
 	}
 }
+
+func TestTheRecordCacheIsBounded(t *testing.T) {
+	c := newRecordCache(64)
+	for i := range 1000 {
+		u := fmt.Sprint("u", i)
+		c.put(u, members.Record{Version: uint64(i)})
+		c.recordDue(u, time.UnixMilli(int64(i)))
+		if len(c.m) > 64 || len(c.due) > 64 {
+			t.Fatalf("after %d users: %d records, %d due times cached; want at most 64", i+1, len(c.m), len(c.due))
+		}
+		if r, ok := c.get(u); !ok || r.Version != uint64(i) {
+			t.Fatalf("the record just put is not there: %+v, %v", r, ok)
+		}
+	}
+}
