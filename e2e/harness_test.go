@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,14 +127,45 @@ func (p *proc) wait(timeout time.Duration) int {
 }
 
 // freeAddr returns a 127.0.0.1 address with a port nobody listens on right now.
+//
+// The port is taken below the kernel's ephemeral range: a port the kernel hands out for
+// 127.0.0.1:0 is in that range, and between this check and the program binding it an outgoing
+// connection of any parallel test (to NATS, Redis, an upstream) may get it as its local port,
+// which failed CI once ("bind: address already in use"). Ports below the range are only taken by
+// listeners, and are chosen at random.
 func freeAddr(t testing.TB) string {
 	t.Helper()
+	low := ephemeralLow()
+	for range 200 {
+		port := 10000 + rand.IntN(low-10000)
+		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			l.Close()
+			return l.Addr().String()
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 when unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n <= 11000 {
+		return 32768
+	}
+	return n
 }
 
 // status GETs url and returns the status code and body, or 0 when nothing answers.
