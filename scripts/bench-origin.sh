@@ -20,7 +20,12 @@
 # GOAL_DURATION (20s), RAMP_RATES ("5000 10000 15000 20000 30000 40000 50000"), STEP_DURATION
 # (8s), P99_MS (50), BATCH (50), USERS (10000), CONCURRENCY (16), ROUNDS (1; more repeats the
 # whole base/new sequence, interleaved, for the spread on a busy machine), SKIP_GOAL=1, SKIP_RAMP=1,
-# SKIP_REDIS=1 (no redis-benchmark).
+# SKIP_REDIS=1 (no redis-benchmark), SKIP_JSLAT=1 (no JetStream publish-wait step), LOADGEN_GOMAXPROCS (1: the load generator shares the box
+# with everything it measures; with one P it costs ~25 % less CPU per event than with two),
+# ORIGIN_GOMAXPROCS (empty: Go's default, the machine's cores or the container's CPU limit),
+# NATS_GOGC (empty: use NATS_URL; a number: start a private nats-server, NATS_BIN, with JetStream
+# in a temporary directory and that GOGC, and measure against it: nats-server's garbage
+# collector is a visible part of the ingest wait's tail on this box, see docs/bench/origin.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +44,10 @@ cd "$(dirname "$0")/.."
 : "${BASELINE_REF:=}"
 : "${ROUNDS:=1}"
 : "${ORIGIN_RULES_FILE:=scripts/bench/rules.yaml}"
+: "${LOADGEN_GOMAXPROCS:=1}"
+: "${ORIGIN_GOMAXPROCS:=}"
+: "${NATS_GOGC:=}"
+: "${NATS_BIN:=$(command -v nats-server || echo /usr/sbin/nats-server)}"
 work="$(mktemp -d)"
 
 # host, port and db of REDIS_URL (redis://[user:pass@]host:port[/db])
@@ -59,18 +68,31 @@ stop_origin() {
   fi
   PREFIX=""
 }
+private_nats_pid=""
 cleanup() {
   trap - INT TERM EXIT
   stop_origin
+  if [[ -n "$private_nats_pid" ]]; then kill -TERM "$private_nats_pid" 2>/dev/null || true; wait "$private_nats_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup INT TERM EXIT
+
+if [[ -n "$NATS_GOGC" ]]; then
+  port=$(( 20000 + RANDOM % 10000 ))
+  mkdir -p "$work/nats"
+  GOGC="$NATS_GOGC" "$NATS_BIN" -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  private_nats_pid=$!
+  NATS_URL="nats://127.0.0.1:$port"
+  for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  echo "== private nats-server $("$NATS_BIN" --version 2>&1 | head -n1) at $NATS_URL with GOGC=$NATS_GOGC"
+fi
 
 echo "== build"
 mkdir -p bin
 go build -o bin/origin ./origin
 cp bin/origin "$work/origin-new"
 go build -o "$work/loadgen" ./scripts/loadgen
+go build -o "$work/jslat" ./scripts/jslat
 variants="new"
 if [[ -n "$BASELINE_REF" ]]; then
   base_rev="$(git rev-parse --short "$BASELINE_REF")"
@@ -93,7 +115,7 @@ start_origin() {
   ORIGIN_ADDR="$ORIGIN_ADDR" NATS_URL="$NATS_URL" REDIS_URL="$redis_url" \
     SEGEDGE_NATS_PREFIX="$PREFIX" SEGEDGE_REDIS_PREFIX="$PREFIX" SEGEDGE_WRITE_KEY="$WRITE_KEY" \
     SEGEDGE_ADMIN_TOKEN="$ADMIN" SEGEDGE_DATA_DIR="$work/data-$PREFIX" LOG_LEVEL=warn \
-    "$work/origin-$1" 2>"$work/origin-$PREFIX.log" &
+    env ${ORIGIN_GOMAXPROCS:+GOMAXPROCS="$ORIGIN_GOMAXPROCS"} "$work/origin-$1" 2>"$work/origin-$PREFIX.log" &
   origin_pid=$!
   for _ in $(seq 100); do
     if curl -fsS "http://$ORIGIN_ADDR/readyz" >/dev/null 2>&1; then break; fi
@@ -119,14 +141,14 @@ results="$work/results.tsv"
 last=""
 # CPU ticks (user+system) a local process has used; 0 when not visible.
 ticks() { [[ -n "$1" && -r "/proc/$1/stat" ]] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
-nats_pid="$(pgrep -x nats-server | head -n1 || true)"
+nats_pid="${private_nats_pid:-$(pgrep -x nats-server | head -n1 || true)}"
 redis_pid="$(pgrep -x redis-server | head -n1 || true)"
 hz="$(getconf CLK_TCK)"
 step() {
   local load out n0 r0 n1 r1 acc
   load="$(cut -d' ' -f1 /proc/loadavg)"
   n0="$(ticks "$nats_pid")"; r0="$(ticks "$redis_pid")"
-  out="$("$work/loadgen" -origin "http://$ORIGIN_ADDR" -write-key "$WRITE_KEY" -rate "$1" -duration "$2" \
+  out="$(GOMAXPROCS="$LOADGEN_GOMAXPROCS" "$work/loadgen" -origin "http://$ORIGIN_ADDR" -write-key "$WRITE_KEY" -rate "$1" -duration "$2" \
     -users "$USERS" -batch "$BATCH" -concurrency "$CONCURRENCY" -nats-url "$NATS_URL" -nats-prefix "$PREFIX" \
     -drain 30s -json)"
   echo "$out" | sed '$d' | sed 's/^/  /'
@@ -187,7 +209,7 @@ done
 done
 
 echo
-echo "== origin results (partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users, ruleset ${ORIGIN_RULES_FILE}${BASELINE_REF:+, base = $BASELINE_REF ($base_rev)})"
+echo "== origin results (partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users, loadgen GOMAXPROCS $LOADGEN_GOMAXPROCS, origin GOMAXPROCS ${ORIGIN_GOMAXPROCS:-default}, NATS $NATS_URL${NATS_GOGC:+ (private, GOGC $NATS_GOGC)}, ruleset ${ORIGIN_RULES_FILE}${BASELINE_REF:+, base = $BASELINE_REF ($base_rev)})"
 printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s\n' \
   build store step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p50 delta_p99 delta_p999 drain_s cpu_us/ev applied/s
 while IFS=$'\t' read -r variant store kind load j; do
@@ -208,6 +230,18 @@ echo " applied/s = events the origin applied per second over run and drain: its 
 if [[ -n "$maxes" ]]; then
   echo "max sustained (HTTP p99 and ingest→delta p99 ≤ ${P99_MS}ms, nothing rejected, drained):"
   printf '%s' "$maxes"
+fi
+
+if [[ -z "${SKIP_JSLAT:-}" ]]; then
+  # JetStream's own wait, alone on the box: what every accepted event waits for before its 202
+  # (the origin publishes one EVENTS message per partition a request touches, then waits for
+  # every acknowledgement), in the goal load's shape: GOAL_RATE/BATCH requests a second, an
+  # EVENTS message per partition of about BATCH/partitions events of ~200 bytes.
+  parts="${SEGEDGE_PARTITIONS:-8}"
+  echo
+  echo "== JetStream publish wait alone (scripts/jslat; load $(cut -d' ' -f1 /proc/loadavg))"
+  "$work/jslat" -nats-url "$NATS_URL" -rate $(( GOAL_RATE / BATCH )) -msgs "$parts" -size $(( (BATCH + parts - 1) / parts * 200 )) \
+    -duration 10s -concurrency "$CONCURRENCY" | sed 's/^/  /'
 fi
 
 if [[ -z "${SKIP_REDIS:-}" ]] && command -v redis-benchmark >/dev/null; then
