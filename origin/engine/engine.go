@@ -297,8 +297,8 @@ func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error
 // partition's events, its due re-evaluations and the tasks routed to it, until ctx ends (lease
 // released, lost, or not renewed in time). It returns only once nothing more is applied.
 func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
-	e.forgetDeltaTail(p)                               // another origin may have published on p since this one last held it
-	e.recs[p].Store(newRecordCache(e.cfg.RecordCache)) // ... and written its users' records
+	e.forgetDeltaTail(p)                                          // another origin may have published on p since this one last held it
+	e.recs[p].Store(newRecordCache(e.cfg.RecordCache, e.cfg.Now)) // ... and written its users' records
 	var cons jetstream.Consumer
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

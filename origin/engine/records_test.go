@@ -228,8 +228,38 @@ func TestADueTimeTheScheduleHasIsNotWrittenAgain(t *testing.T) {
 	}
 }
 
+// A due time the worker wrote is trusted to be in the schedule for DefaultDueTrust, for itself
+// and any later due time (the schedule keeps the earliest), and no longer.
+func TestACachedDueTimeIsTrustedForTheTrustPeriodOnly(t *testing.T) {
+	start := time.Now()
+	due := start.Add(30 * time.Minute)
+	for _, tc := range []struct {
+		name  string
+		after time.Duration // since it was written
+		t     time.Time
+		want  bool
+	}{
+		{"the same due time", 0, due, true},
+		{"a later due time", time.Second, due.Add(time.Minute), true},
+		{"an earlier due time", 0, due.Add(-time.Millisecond), false},
+		{"just before the trust period ends", DefaultDueTrust - time.Millisecond, due, true},
+		{"when the trust period ends", DefaultDueTrust, due, false},
+		{"long after", time.Hour, due, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &clock{now: start}
+			c := newRecordCache(64, clk.Now)
+			c.recordDue("u", due)
+			clk.Add(tc.after)
+			if got := c.dueRecorded("u", tc.t); got != tc.want {
+				t.Fatalf("dueRecorded = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestTheRecordCacheIsBounded(t *testing.T) {
-	c := newRecordCache(64)
+	c := newRecordCache(64, time.Now)
 	for i := range 1000 {
 		u := fmt.Sprint("u", i)
 		c.put(u, members.Record{Version: uint64(i)})
@@ -240,5 +270,50 @@ func TestTheRecordCacheIsBounded(t *testing.T) {
 		if r, ok := c.get(u); !ok || r.Version != uint64(i) {
 			t.Fatalf("the record just put is not there: %+v, %v", r, ok)
 		}
+	}
+}
+
+// A due time the schedule lost behind the worker's back (Redis flushed, or restored from an
+// older snapshot) is written again by the user's next event once the worker's memory of it is
+// older than DefaultDueTrust, so the user still leaves at the due time. Before, the worker
+// trusted its memory while it held the partition: the user never left. Within the trust period
+// the due time is not written again.
+func TestALostDueTimeIsWrittenAgainByAnEventAfterTheTrustPeriod(t *testing.T) {
+	sched := &countingSchedule{Schedule: schedule.NewMemory()}
+	r := newRigWithSchedule(t, members.NewMemory(), sched)
+	send := func(id, typ string) {
+		t.Helper()
+		r.send(t, event.Event{ID: id, UserID: "dot", Type: typ, TS: r.clk.Now()})
+		waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
+	}
+	send("e1", "add_to_cart")
+	if d := r.next(t); d.Version != 1 || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("delta = %+v", d)
+	}
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
+	if got := sched.written.Load(); got != 1 {
+		t.Fatalf("due times written %d times, want once", got)
+	}
+	if err := sched.Cancel(context.Background(), event.Partition("dot", r.n.Topology.Partitions), "dot"); err != nil {
+		t.Fatal(err) // the schedule loses it
+	}
+
+	written := r.clk.Now()
+	// Within the trust period the worker's memory is trusted: a page view leaves the due time
+	// where it was and nothing is written.
+	r.clk.Add(DefaultDueTrust / 2)
+	send("e2", "page_view")
+	if got := sched.written.Load(); got != 1 {
+		t.Fatalf("within the trust period due times written %d times, want once", got)
+	}
+	// Past it, the next event writes the due time again (ZADD LT: harmless if it was there).
+	r.clk.Add(written.Add(DefaultDueTrust + time.Second).Sub(r.clk.Now()))
+	send("e3", "page_view")
+	if got := sched.written.Load(); got != 2 {
+		t.Fatalf("after the trust period due times written %d times, want 2", got)
+	}
+	r.clk.Add(32 * time.Minute)
+	if d := r.next(t); d.Cause != delta.CauseExpiry || d.Version != 2 || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+		t.Fatalf("expiry delta = %+v", d)
 	}
 }
