@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -313,15 +314,11 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 			return nil
 		}
 	}
-	// The consume callback runs on one goroutine per consumer, in stream order; the channel
-	// hands the messages to this worker, which takes whatever has arrived as one batch.
-	in := make(chan jetstream.Msg, e.cfg.Batch)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case in <- m:
-		case <-ctx.Done():
-		}
-	}, jetstream.PullMaxMessages(2*e.cfg.Batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	// The consume callback runs on one goroutine per consumer, in stream order; the inbox
+	// hands the messages to this worker, which takes whatever has arrived as one batch, and
+	// keeps every message it holds in progress however long the worker is busy.
+	in := newInbox()
+	cc, err := cons.Consume(func(m jetstream.Msg) { in.put(ctx, m) }, jetstream.PullMaxMessages(2*e.cfg.Batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
 			e.cfg.Log.Warn("fetch events", "partition", p, "err", err)
 		}
@@ -335,6 +332,13 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 	} else {
 		defer func() { _ = sub.Unsubscribe() }()
 	}
+	kctx, stopKeeping := context.WithCancel(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		in.keepInProgress(kctx, e.cfg.AckWait/4)
+	}()
+	defer func() { stopKeeping(); <-kept }() // no InProgress once the worker is gone
 	tick := time.NewTicker(e.cfg.DuePoll)
 	defer tick.Stop()
 	msgs := make([]jetstream.Msg, 0, e.cfg.Batch)
@@ -343,22 +347,15 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case m := <-in:
+		case <-in.wake:
 			if ctx.Err() != nil {
 				return nil // the lease ended: apply nothing more
 			}
-			msgs = append(msgs[:0], m)
-		fill:
-			for len(msgs) < e.cfg.Batch {
-				select {
-				case m := <-in:
-					msgs = append(msgs, m)
-				default:
-					break fill
-				}
+			if msgs = in.take(msgs, e.cfg.Batch); len(msgs) > 0 {
+				e.handleBatch(ctx, p, msgs)
+				clear(msgs)
+				in.done()
 			}
-			e.handleBatch(ctx, p, msgs)
-			clear(msgs)
 		case t := <-c.tasks:
 			e.runTask(ctx, p, t)
 		case <-tick.C:
@@ -371,6 +368,149 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 			e.runDue(ctx, p, now)
 		}
 		e.runTasks(ctx, p, c)
+	}
+}
+
+// inboxMax bounds the messages a partition worker holds (waiting or in its current batch): the
+// consumer's MaxAckPending (consumer), which is all JetStream delivers unacknowledged, so the
+// Consume callback never waits while more could come. inboxMaxBytes bounds their data (a message
+// may be up to 256 KiB): past it the callback waits, and the messages behind it in the client's
+// buffer (one pull, 2×Batch at most) are the only ones not kept in progress.
+const (
+	inboxMax      = 4096
+	inboxMaxBytes = 64 << 20
+)
+
+// inbox holds the messages JetStream delivered to a partition worker that it has not finished
+// (acknowledged, NAKed or terminated): its current batch and those waiting behind it. The
+// Consume callback puts them in, the worker takes a batch and says when it is done with it, and
+// keepInProgress marks every message held for a while in progress, so that JetStream does not
+// redeliver it however long the worker is stuck: a batch retried in place through a store
+// outage, a batch of many chunks, a record the members store refuses. Before, only the current
+// batch was kept: the messages waiting behind it in a channel (and the callback blocked on it)
+// came back after AckWait, as duplicate work and as deliveries that counted towards
+// dead-lettering an event on its first real refusal.
+//
+// The worker's hot path takes one lock per message and per batch, allocates nothing once the
+// slice has grown, and holds the lock across no I/O.
+type inbox struct {
+	mu sync.Mutex
+	// msgs[head:head+busy] are the current batch's, msgs[head+busy:] wait; bytes is their data.
+	msgs       []jetstream.Msg
+	head, busy int
+	bytes      int
+	// added and finished count the messages ever put and ever finished: msgs[head] is number
+	// finished. marked is what added was at keepInProgress's previous round.
+	added, finished, marked uint64
+	wake                    chan struct{} // a message waits (one token)
+	room                    chan struct{} // messages were finished (one token): a full inbox has room
+}
+
+func newInbox() *inbox {
+	return &inbox{wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+}
+
+// put adds m, waking the worker. It waits (m held, so kept in progress) while the inbox is full,
+// until the worker finishes a batch or ctx ends.
+func (q *inbox) put(ctx context.Context, m jetstream.Msg) {
+	q.mu.Lock()
+	q.msgs = append(q.msgs, m)
+	q.added++
+	q.bytes += len(m.Data())
+	full := q.fullLocked()
+	q.mu.Unlock()
+	signal(q.wake)
+	for full {
+		select {
+		case <-q.room:
+		case <-ctx.Done():
+			return
+		}
+		q.mu.Lock()
+		full = q.fullLocked()
+		q.mu.Unlock()
+	}
+}
+
+func (q *inbox) fullLocked() bool {
+	return len(q.msgs)-q.head > inboxMax || q.bytes > inboxMaxBytes
+}
+
+// take copies up to n waiting messages, in order, into dst[:0] as the worker's current batch.
+// The worker must call done before it takes the next one.
+func (q *inbox) take(dst []jetstream.Msg, n int) []jetstream.Msg {
+	q.mu.Lock()
+	waiting := q.msgs[q.head+q.busy:]
+	k := min(n, len(waiting))
+	dst = append(dst[:0], waiting[:k]...)
+	q.busy += k
+	more := k < len(waiting)
+	q.mu.Unlock()
+	if more {
+		signal(q.wake) // the rest make the next batch
+	}
+	return dst
+}
+
+// done drops the current batch: its messages are finished.
+func (q *inbox) done() {
+	q.mu.Lock()
+	for _, m := range q.msgs[q.head : q.head+q.busy] {
+		q.bytes -= len(m.Data())
+	}
+	clear(q.msgs[q.head : q.head+q.busy])
+	q.head += q.busy
+	q.finished += uint64(q.busy)
+	q.busy = 0
+	if q.head*2 >= len(q.msgs) { // move the rest to the front: amortised, no allocation
+		n := copy(q.msgs, q.msgs[q.head:])
+		clear(q.msgs[n:])
+		q.msgs, q.head = q.msgs[:n], 0
+	}
+	q.mu.Unlock()
+	signal(q.room)
+}
+
+// keepInProgress marks the messages held since its previous round in progress, every period
+// until ctx ends: a message is marked within two periods of its arrival and every period after,
+// and a message handled at once is never marked. With period AckWait/4 none waits half an
+// AckWait unmarked. A message finished meanwhile is skipped by the client (no I/O).
+func (q *inbox) keepInProgress(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var held []jetstream.Msg
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		held = q.heldSinceLastRound(held)
+		for _, m := range held {
+			_ = m.InProgress()
+		}
+		clear(held)
+	}
+}
+
+// heldSinceLastRound copies into dst[:0] the messages that were held at the previous round and
+// still are, and starts a new round.
+func (q *inbox) heldSinceLastRound(dst []jetstream.Msg) []jetstream.Msg {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dst = dst[:0]
+	if q.marked > q.finished {
+		dst = append(dst, q.msgs[q.head:q.head+int(q.marked-q.finished)]...)
+	}
+	q.marked = q.added
+	return dst
+}
+
+// signal puts a token in ch unless one is there.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -483,17 +623,10 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 	}()
 	refused := make([]error, len(evs)) // per event: the store's refusal, if any
 	failed := make([]bool, len(keep))
-	touched := time.Now()
+	// Many big messages take several chunks: the worker's inbox keeps those not done yet in
+	// progress meanwhile (inbox.keepInProgress), so JetStream does not redeliver them.
 	for lo := 0; lo < len(evs); {
 		hi := min(lo+e.cfg.Batch, len(evs))
-		if time.Since(touched) > e.cfg.AckWait/3 {
-			// Many big messages take several chunks: keep the ones still waiting ours, or
-			// JetStream would redeliver them while we work through the earlier ones.
-			for _, m := range keep[owner[lo]:] {
-				_ = m.InProgress()
-			}
-			touched = time.Now()
-		}
 		var bad []error
 		if bad, err = e.applyChunk(ctx, p, keep[owner[lo]:], evs[lo:hi], accepted[lo:hi], ctxs[lo:hi]); err != nil {
 			return // ctx ended: the unacknowledged messages come back
