@@ -271,7 +271,7 @@ func (e *Engine) consumer(ctx context.Context, p int) (jetstream.Consumer, error
 		FilterSubject: e.cfg.Topology.EventSubject(p),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       e.cfg.AckWait,
-		MaxAckPending: 4096,
+		MaxAckPending: inboxMax,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 	old, err := e.cfg.JS.Consumer(ctx, stream, name)
@@ -371,14 +371,19 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 	}
 }
 
-// inboxMax bounds the messages a partition worker holds (waiting or in its current batch): the
-// consumer's MaxAckPending (consumer), which is all JetStream delivers unacknowledged, so the
-// Consume callback never waits while more could come. inboxMaxBytes bounds their data (a message
-// may be up to 256 KiB): past it the callback waits, and the messages behind it in the client's
-// buffer (one pull, 2×Batch at most) are the only ones not kept in progress.
+// inboxMax bounds the messages a partition worker holds (waiting or in its current batch). It
+// is also the consumer's MaxAckPending, all JetStream delivers unacknowledged, so the Consume
+// callback never waits while more could come, and every message outstanding is one the worker
+// holds and keeps in progress. It is small on purpose: a worker that falls behind leaves the
+// backlog in the stream, where it costs nothing, rather than in memory, where keeping it in
+// progress would cost an InProgress publish per message every AckWait/4. 512 messages are 10
+// worker batches, plenty to keep the worker busy between acknowledgements. inboxMaxBytes bounds
+// their data (a message may be up to 256 KiB): past it the callback waits, and the messages
+// behind it in the client's buffer (one pull, 2×Batch at most) are the only ones not kept in
+// progress.
 const (
-	inboxMax      = 4096
-	inboxMaxBytes = 64 << 20
+	inboxMax      = 512
+	inboxMaxBytes = 16 << 20
 )
 
 // inbox holds the messages JetStream delivered to a partition worker that it has not finished
