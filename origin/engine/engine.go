@@ -13,8 +13,9 @@
 // records due times, the deltas are published asynchronously and awaited together, one writes
 // the new memberships, then every event is acknowledged. Events of one user in one batch are
 // evaluated in order against the membership the previous one produced. A batch that fails is
-// retried in place (the store's dedup makes re-applying harmless) with its messages marked in
-// progress, so a user's later events never overtake an earlier one during a store outage.
+// retried in place (the store's dedup makes re-applying harmless) with its messages, and every
+// message waiting behind them, marked in progress, so a user's later events never overtake an
+// earlier one during a store outage and nothing is redelivered meanwhile.
 package engine
 
 import (
@@ -88,10 +89,10 @@ type Config struct {
 	// Batch is the most events a partition worker handles at once (default 128).
 	Batch int
 	// AckWait is how long JetStream waits for an event's acknowledgement before redelivering it
-	// (default 15s). It no longer decides how soon a crashed origin's events come back (the
-	// next holder recreates the consumer from its ack floor, see consumer), but it bounds how
-	// long a message may wait in this worker's pull buffer: under overload, a short AckWait
-	// brought buffered messages back as duplicates, which made the overload worse.
+	// (default 15s). It does not decide how soon a crashed origin's events come back (the next
+	// holder recreates the consumer from its ack floor, see consumer), and the worker keeps
+	// every message it holds in progress every AckWait/4 (inbox), so it only sets how often
+	// that costs an InProgress publish per waiting message.
 	AckWait time.Duration
 	// MaxEventAttempts is how many deliveries of a message the store may refuse one of its
 	// events (a per-event error, not an outage: an outage fails the whole batch, which is
