@@ -216,37 +216,3 @@ func TestUnreadableEventIsDroppedAndCounted(t *testing.T) {
 		t.Fatalf("unreadable counter = %v, want 1", got)
 	}
 }
-
-func TestNewRulesetRescanFillsSegmentsWithoutEvents(t *testing.T) {
-	r := newRig(t)
-	users := []string{"u1", "u2", "u3", "u4", "u5"}
-	for _, u := range users {
-		r.send(t, event.Event{ID: "e-" + u, UserID: u, Type: "add_to_cart", TS: r.clk.Now()})
-	}
-	for range users {
-		r.next(t)
-	}
-	next := newCartRules(t)
-	next.name, next.version = "cart_fan", 8
-	r.rules.Store(next)
-	rs := NewRescanner(r.eng, 1000, prometheus.NewRegistry())
-	rs.Start(8)
-	seen := map[string]bool{}
-	for range users {
-		d := r.next(t)
-		if d.Cause != delta.CauseRuleset || d.Ruleset != 8 || !slices.Equal(d.Entered, []string{"cart_fan"}) || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
-			t.Fatalf("rescan delta = %+v", d)
-		}
-		seen[d.UserID] = true
-	}
-	if len(seen) != len(users) {
-		t.Fatalf("rescanned %v, want every user", seen)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for rs.Status().Running && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if st := rs.Status(); st.Running || st.Done != int64(len(users)) || st.Failed != 0 {
-		t.Fatalf("status = %+v", st)
-	}
-}

@@ -207,6 +207,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	s.engine = eng
 	rescan = engine.NewRescanner(eng, cfg.RescanRate, reg)
 	defer rescan.Stop()
+	// The version loaded above, before the rescanner existed: its per-partition markers say
+	// what is left (nothing after a plain restart; an interrupted rescan, or partitions taken
+	// later from an origin that had not finished, are completed).
+	if l := mgr.Active(); l != nil {
+		rescan.Start(l.Version())
+	}
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	go mgr.Watch(wctx)
