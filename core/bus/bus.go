@@ -79,6 +79,11 @@ func (t Topology) RulesetBucket() string { return t.stream("RULESETS") }
 // is its heartbeat, and the bucket's TTL makes both expire when their origin stops renewing them.
 func (t Topology) LeaseBucket() string { return t.stream("SEG_LEASES") }
 
+// RescanBucket is the JetStream key-value bucket where origins record, per partition, the
+// ruleset version whose background rescan completed on it, so that a restart or a partition
+// handover rescans only what is not done yet.
+func (t Topology) RescanBucket() string { return t.stream("SEG_RESCANS") }
+
 // TaskSubject is where the origin that holds a partition takes work for that partition's users
 // from other origins (a re-evaluation or an erasure asked of any origin), so that it runs on
 // the partition's worker, in order with the user's events.

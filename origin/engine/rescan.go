@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -77,9 +76,8 @@ type Rescanner struct {
 }
 
 const (
-	rescanBucketName = "SEG_RESCANS"
-	rescanKeyPrefix  = "p." // p.<partition> → the ruleset version whose rescan completed
-	rescanBatch      = 256  // user ids read per store scan call
+	rescanKeyPrefix = "p." // p.<partition> → the ruleset version whose rescan completed
+	rescanBatch     = 256  // user ids read per store scan call
 )
 
 // NewRescanner returns a rescanner that re-evaluates at most perSecond profiles a second.
@@ -365,7 +363,7 @@ func (r *Rescanner) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if r.kv != nil {
 		return r.kv, nil
 	}
-	name := rescanBucket(r.eng.cfg.Topology.Prefix)
+	name := r.eng.cfg.Topology.RescanBucket()
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	js := r.eng.cfg.JS
@@ -385,9 +383,5 @@ func (r *Rescanner) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	r.kv = kv
 	return kv, nil
 }
-
-// rescanBucket names the marker bucket as bus.Topology names the lease bucket (prefix upper
-// case in front).
-func rescanBucket(prefix string) string { return strings.ToUpper(prefix) + rescanBucketName }
 
 func rescanKey(p int) string { return rescanKeyPrefix + strconv.Itoa(p) }

@@ -352,7 +352,7 @@ func TestUnreadableMarkerMeansRescan(t *testing.T) {
 	r.load(t, 8)
 	waitRescanned(t, P, rescanners(t, 8, a)...)
 
-	kv, err := r.n.JS.KeyValue(context.Background(), rescanBucket(r.n.Topology.Prefix))
+	kv, err := r.n.JS.KeyValue(context.Background(), r.n.Topology.RescanBucket())
 	if err != nil {
 		t.Fatal(err)
 	}
