@@ -385,3 +385,59 @@ func (r *Rescanner) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 }
 
 func rescanKey(p int) string { return rescanKeyPrefix + strconv.Itoa(p) }
+
+// RescanProgress is the rescan's progress across every origin, read from the per-partition
+// markers, with this origin's own status: what GET /v1/rescan answers, whichever origin is asked.
+type RescanProgress struct {
+	// Ruleset is the version this origin rescans for (its active ruleset; 0: none yet).
+	Ruleset uint64 `json:"ruleset"`
+	// Complete is true when every partition's marker names Ruleset.
+	Complete       bool              `json:"complete"`
+	PartitionsDone int               `json:"partitions_done"`
+	Partitions     []PartitionRescan `json:"partitions"`
+	Origin         RescanStatus      `json:"origin"` // this origin's passes over its partitions
+}
+
+// PartitionRescan is one partition's marker.
+type PartitionRescan struct {
+	Partition int `json:"partition"`
+	// Rescanned is the ruleset version whose rescan completed on the partition (0: none).
+	Rescanned uint64 `json:"rescanned"`
+	Done      bool   `json:"done"` // Rescanned is the active version
+	Held      bool   `json:"held"` // by this origin
+}
+
+// Progress reads every partition's marker. It opens the bucket on its own (the run goroutine
+// owns r.kv) and creates nothing: no bucket yet means no partition rescanned yet.
+func (r *Rescanner) Progress(ctx context.Context) (RescanProgress, error) {
+	out := RescanProgress{Origin: r.Status()}
+	out.Ruleset = out.Origin.Ruleset
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kv, err := r.eng.cfg.JS.KeyValue(ctx, r.eng.cfg.Topology.RescanBucket())
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return out, fmt.Errorf("rescan progress: open marker bucket: %w", err)
+	}
+	for p := range r.eng.cfg.Topology.Partitions {
+		pr := PartitionRescan{Partition: p, Held: r.eng.claims[p].Load() != nil}
+		if kv != nil {
+			en, err := kv.Get(ctx, rescanKey(p))
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				return out, fmt.Errorf("rescan progress: marker of partition %d: %w", p, err)
+			default:
+				if pr.Rescanned, err = strconv.ParseUint(string(en.Value()), 10, 64); err != nil {
+					return out, fmt.Errorf("rescan progress: marker of partition %d: %w", p, err)
+				}
+			}
+		}
+		pr.Done = out.Ruleset != 0 && pr.Rescanned == out.Ruleset
+		if pr.Done {
+			out.PartitionsDone++
+		}
+		out.Partitions = append(out.Partitions, pr)
+	}
+	out.Complete = out.Ruleset != 0 && out.PartitionsDone == len(out.Partitions)
+	return out, nil
+}

@@ -376,3 +376,70 @@ func TestUnreadableMarkerMeansRescan(t *testing.T) {
 		t.Fatalf("marker of partition 0 after its rescan: %v %v", en, err)
 	}
 }
+
+// Progress reads the markers, so every origin answers the same about every partition: done
+// when its marker names the active version, whichever origin rescanned it.
+func TestRescanProgressIsTheSameFromEveryOrigin(t *testing.T) {
+	r := newRescanRig(t)
+	P := r.n.Topology.Partitions
+	a := r.start(t, "origin-a")
+	waitReady(t, a.eng)
+	b := r.start(t, "origin-b")
+	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
+	r.seed(t)
+
+	r.load(t, 8)
+	rs := rescanners(t, 8, a, b)
+	waitRescanned(t, P, rs...)
+	held := 0
+	for i, rsc := range rs {
+		p, err := rsc.Progress(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Ruleset != 8 || !p.Complete || p.PartitionsDone != P || len(p.Partitions) != P {
+			t.Fatalf("origin %d: progress = %+v, want ruleset 8 complete on %d partitions", i, p, P)
+		}
+		for _, pr := range p.Partitions {
+			if pr.Rescanned != 8 || !pr.Done {
+				t.Fatalf("origin %d: partition %+v, want rescanned under 8", i, pr)
+			}
+			if pr.Held {
+				held++
+			}
+		}
+	}
+	if held != P {
+		t.Fatalf("the two origins say they hold %d partitions, want %d", held, P)
+	}
+
+	// Version 9 on origin a only, slowly: b's partitions keep the marker of 8, and nobody
+	// says the rescan is complete.
+	r.load(t, 9)
+	slow := NewRescanner(a.eng, 1, prometheus.NewRegistry())
+	slow.Start(9)
+	t.Cleanup(slow.Stop)
+	p, err := rs[1].Progress(context.Background()) // b's view: its own rescanner still says 8
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Ruleset != 8 {
+		t.Fatalf("b's progress is for ruleset %d, want 8 (b has not loaded 9)", p.Ruleset)
+	}
+	p, err = slow.Progress(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := 0
+	for _, pr := range p.Partitions {
+		if pr.Done != (pr.Rescanned == 9) {
+			t.Fatalf("partition %+v: done must mean rescanned under 9", pr)
+		}
+		if pr.Rescanned == 8 {
+			stale++
+		}
+	}
+	if p.Ruleset != 9 || p.Complete || stale < P/2 {
+		t.Fatalf("progress under 9 = %+v, want incomplete with at least b's %d partitions still at 8", p, P/2)
+	}
+}

@@ -207,6 +207,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	s.engine = eng
 	rescan = engine.NewRescanner(eng, cfg.RescanRate, reg)
 	defer rescan.Stop()
+	s.rescan = rescan
 	// The version loaded above, before the rescanner existed: its per-partition markers say
 	// what is left (nothing after a plain restart; an interrupted rescan, or partitions taken
 	// later from an origin that had not finished, are completed).
@@ -272,6 +273,7 @@ type origin struct {
 	store    store.Store
 	members  members.Store
 	engine   *engine.Engine
+	rescan   *engine.Rescanner
 	rulesets *rulesets.Manager
 	rules    atomic.Pointer[activeRuleset]
 }
@@ -319,6 +321,7 @@ func (o *origin) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/users/{id}/explain", admin(o.newExplainer().serve)) // explain.go
 	mux.HandleFunc("GET /user/segments", reader(o.getUserSegments))
 	mux.HandleFunc("GET /v1/segments", reader(o.listSegments))
+	mux.HandleFunc("GET /v1/rescan", reader(o.getRescan))
 	mux.HandleFunc("POST /v1/invalidate", admin(o.postInvalidate))
 	if o.rulesets != nil {
 		o.rulesets.Routes(mux, admin)

@@ -136,6 +136,23 @@ func (o *origin) listSegments(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ruleset": o.rulesetVersion(), "segments": out})
 }
 
+// getRescan answers the background rescan's progress after a ruleset change: every partition's
+// marker (the ruleset version whose rescan completed on it, whichever origin did it) and this
+// origin's own passes. The counters are segedge_origin_reevaluations_total and
+// segedge_origin_rescan_running.
+func (o *origin) getRescan(w http.ResponseWriter, r *http.Request) {
+	if o.rescan == nil {
+		httpError(w, http.StatusServiceUnavailable, "rescanner not started")
+		return
+	}
+	p, err := o.rescan.Progress(r.Context())
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
