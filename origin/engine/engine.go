@@ -573,12 +573,25 @@ func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
 		return
 	}
 	cache := e.recs[p].Load()
+	done := make([]string, 0, len(users))
 	for _, u := range users {
 		cache.forgetDue(u) // Due took it off the schedule
 		if err := e.evaluate(ctx, p, u, delta.CauseExpiry, 0, now.UnixMilli()); err != nil {
+			if ctx.Err() != nil {
+				break // the lease ended: the take runs out and the next holder re-evaluates
+			}
 			e.cfg.Log.Warn("re-evaluate at due time; retrying in 1s", "partition", p, "err", err)
-			_ = e.cfg.Schedule.At(ctx, p, u, now.Add(time.Second))
+			if err := e.cfg.Schedule.At(ctx, p, u, now.Add(time.Second)); err != nil {
+				continue // not rescheduled: the take runs out and Due returns the user again
+			}
 		}
+		done = append(done, u)
+	}
+	// The exits are published and recorded (or rescheduled): the takes are done. One that is
+	// not (Redis failed here) runs out after schedule.Lease and the user is re-evaluated once
+	// more, which changes nothing.
+	if err := e.cfg.Schedule.Done(ctx, p, done...); err != nil && ctx.Err() == nil {
+		e.cfg.Log.Warn("mark due re-evaluations done; they come back after the take runs out", "partition", p, "users", len(done), "err", err)
 	}
 }
 

@@ -182,6 +182,42 @@ func TestEventEntersSegmentAndTimeMakesItExit(t *testing.T) {
 	}
 }
 
+// A worker that took a user's due time and died before the exit was out (here: the test takes
+// it, as that worker did, and never says Done) does not lose the exit: once the take runs out
+// (schedule.Lease), the partition's worker gets the user again and publishes the exit.
+func TestAnExitTakenByAWorkerThatDiedIsPublishedAfterTheTakeRunsOut(t *testing.T) {
+	sched := schedule.NewMemory()
+	r := newRigWithSchedule(t, members.NewMemory(), sched)
+	r.send(t, event.Event{ID: "e1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("first delta = %+v", d)
+	}
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(5*time.Second))
+	p := event.Partition("alice", r.n.Topology.Partitions)
+	deadline := time.Now().Add(5 * time.Second)
+	var dying []string
+	for len(dying) == 0 { // the due time is written after the delta: wait for it
+		var err error
+		if dying, err = sched.Due(context.Background(), p, r.clk.Now().Add(32*time.Minute), 10); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("alice's exit was never scheduled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slices.Equal(dying, []string{"alice"}) {
+		t.Fatalf("taken %v", dying)
+	}
+	r.clk.Add(32 * time.Minute) // past her due time: the take is the dead worker's
+	r.none(t, 300*time.Millisecond)
+	r.clk.Add(schedule.Lease) // the take runs out
+	d := r.next(t)
+	if d.UserID != "alice" || d.Cause != delta.CauseExpiry || !slices.Equal(d.Exited, []string{"cart_abandoner"}) {
+		t.Fatalf("delta after the take ran out = %+v", d)
+	}
+}
+
 func TestEraseTellsEdgesToForget(t *testing.T) {
 	r := newRig(t)
 	r.send(t, event.Event{ID: "e1", UserID: "carol", Type: "add_to_cart", TS: r.clk.Now()})

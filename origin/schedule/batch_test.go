@@ -36,6 +36,9 @@ func batchConformance(t *testing.T, s interface {
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("Due(+%s) = %v, want %v", tt.at, got, tt.want)
 		}
+		if err := s.Done(ctx, 3, got...); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -3,18 +3,23 @@ package schedule
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
 
-// Memory is an in-process Schedule: a min-heap per partition with an index per user.
+// Memory is an in-process Schedule: a min-heap per partition with an index per user, and per
+// partition the users taken by Due and not done, with when their take runs out.
 type Memory struct {
 	mu    sync.Mutex
 	parts map[int]*dueHeap
+	taken map[int]map[string]time.Time
 }
 
 // NewMemory returns an empty schedule.
-func NewMemory() *Memory { return &Memory{parts: map[int]*dueHeap{}} }
+func NewMemory() *Memory {
+	return &Memory{parts: map[int]*dueHeap{}, taken: map[int]map[string]time.Time{}}
+}
 
 func (m *Memory) part(p int) *dueHeap {
 	h := m.parts[p]
@@ -23,6 +28,15 @@ func (m *Memory) part(p int) *dueHeap {
 		m.parts[p] = h
 	}
 	return h
+}
+
+func (m *Memory) takes(p int) map[string]time.Time {
+	t := m.taken[p]
+	if t == nil {
+		t = map[string]time.Time{}
+		m.taken[p] = t
+	}
+	return t
 }
 
 // At implements Schedule.
@@ -55,12 +69,34 @@ func (m *Memory) AtMany(ctx context.Context, p int, users []string, dues []time.
 func (m *Memory) Due(_ context.Context, p int, now time.Time, max int) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	h := m.part(p)
+	taken := m.takes(p)
 	var out []string
+	for u, until := range taken { // takes that ran out first, oldest first
+		if !until.After(now) {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return taken[a].Compare(taken[b]) })
+	out = out[:min(len(out), max)]
+	h := m.part(p)
 	for h.Len() > 0 && len(out) < max && !h.items[0].due.After(now) {
 		out = append(out, heap.Pop(h).(item).user)
 	}
+	for _, u := range out {
+		taken[u] = now.Add(Lease)
+	}
 	return out, nil
+}
+
+// Done implements Schedule.
+func (m *Memory) Done(_ context.Context, p int, users ...string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	taken := m.takes(p)
+	for _, u := range users {
+		delete(taken, u)
+	}
+	return nil
 }
 
 // Cancel implements Schedule.
@@ -71,6 +107,7 @@ func (m *Memory) Cancel(_ context.Context, p int, user string) error {
 	if i, ok := h.index[user]; ok {
 		heap.Remove(h, i)
 	}
+	delete(m.takes(p), user)
 	return nil
 }
 

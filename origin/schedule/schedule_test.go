@@ -44,6 +44,7 @@ func conformance(t *testing.T, s Schedule) {
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("Due(p%d, +%s) = %v, want %v", tt.part, tt.at, got, tt.want)
 		}
+		must(s.Done(ctx, tt.part, got...)) // as the worker does once they are re-evaluated
 	}
 
 	// max bounds one take; the rest stays for the next.
@@ -54,6 +55,42 @@ func conformance(t *testing.T, s Schedule) {
 	rest, _ := s.Due(ctx, 2, t0, 3)
 	if len(first) != 3 || len(rest) != 2 {
 		t.Errorf("takes of 3 from 5: %v then %v", first, rest)
+	}
+
+	// A user taken and never done (the worker died before its re-evaluation was out) is
+	// returned again once the take has run out, not before; once done, never again; a user
+	// the worker took and then erased is forgotten.
+	must(s.At(ctx, 3, "erin", t0))
+	must(s.At(ctx, 3, "frank", t0))
+	must(s.At(ctx, 3, "gina", t0))
+	steps := []struct {
+		at   time.Duration
+		want []string
+		done []string
+	}{
+		{0, []string{"erin", "frank", "gina"}, []string{"frank"}}, // the worker dies after frank
+		{Lease - time.Millisecond, nil, nil},                      // still taken
+		{Lease, []string{"erin", "gina"}, nil},                    // the next holder gets them
+		{2*Lease - time.Millisecond, nil, nil},
+		{2 * Lease, []string{"erin", "gina"}, []string{"erin", "gina"}},
+		{time.Hour, nil, nil},
+	}
+	for _, st := range steps {
+		got, err := s.Due(ctx, 3, t0.Add(st.at), 100)
+		must(err)
+		slices.Sort(got)
+		if !slices.Equal(got, st.want) {
+			t.Errorf("Due(p3, +%s) = %v, want %v (a take runs out after %s)", st.at, got, st.want, Lease)
+		}
+		must(s.Done(ctx, 3, st.done...))
+	}
+	must(s.At(ctx, 4, "hugo", t0))
+	if got, _ := s.Due(ctx, 4, t0, 10); !slices.Equal(got, []string{"hugo"}) {
+		t.Fatalf("Due(p4) = %v", got)
+	}
+	must(s.Cancel(ctx, 4, "hugo")) // erased while taken
+	if got, _ := s.Due(ctx, 4, t0.Add(time.Hour), 10); len(got) != 0 {
+		t.Errorf("a cancelled take came back: %v", got)
 	}
 }
 
