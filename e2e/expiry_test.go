@@ -174,9 +174,12 @@ func TestAUserLeavesAWindowedSegmentWithinASecondOfTheDueTime(t *testing.T) {
 
 	exit := nextDelta(t, deltas, user, due.Add(10*time.Second), "exiting carted", func(d delta.Delta) bool { return in("carted", d.Exited) })
 	lateness := exit.stored.Sub(due)
-	t.Logf("event ts %s, due %s; entered %s before due; exit stored %v after due (read %v after), origin's poll found it %v after due",
+	t.Logf("event ts %s, due %s; entered %s before due; exit stored %v after due (read %v after); the delta's due differs from ours by %v",
 		ts.Format("15:04:05.000"), due.Format("15:04:05.000"), due.Sub(enter.stored).Round(time.Millisecond),
 		lateness, exit.received.Sub(due), time.UnixMilli(exit.Due).Sub(due))
+	if d := time.UnixMilli(exit.Due).Sub(due); d != 0 {
+		t.Errorf("the exit delta says it was due %v from the due time we computed: the origin's expiry lateness would be off by that", d)
+	}
 	if exit.Cause != delta.CauseExpiry || in("carted", exit.Members) {
 		t.Fatalf("exit delta = %+v, want cause expiry without carted", exit.Delta)
 	}

@@ -364,7 +364,9 @@ func (e *Engine) runPartition(ctx context.Context, p int, c *claim) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if now := e.cfg.Now(); now.Sub(lastDue) >= e.cfg.DuePoll {
+		// A tenth of slack: lastDue is when this loop woke, a little after its tick, and a tick
+		// that wakes it sooner must not be skipped (that made the poll every 2 DuePoll).
+		if now := e.cfg.Now(); now.Sub(lastDue) >= e.cfg.DuePoll-e.cfg.DuePoll/10 {
 			lastDue = now
 			e.runDue(ctx, p, now)
 		}
@@ -567,16 +569,19 @@ func (e *Engine) runTask(ctx context.Context, p int, t task) {
 }
 
 func (e *Engine) runDue(ctx context.Context, p int, now time.Time) {
-	users, err := e.cfg.Schedule.Due(ctx, p, now, 256)
+	taken, err := e.cfg.Schedule.Due(ctx, p, now, 256)
 	if err != nil {
 		e.cfg.Log.Warn("read due re-evaluations", "partition", p, "err", err)
 		return
 	}
 	cache := e.recs[p].Load()
-	done := make([]string, 0, len(users))
-	for _, u := range users {
+	done := make([]string, 0, len(taken))
+	for _, t := range taken {
+		u := t.User
 		cache.forgetDue(u) // Due took it off the schedule
-		if err := e.evaluate(ctx, p, u, delta.CauseExpiry, 0, now.UnixMilli()); err != nil {
+		// The delta carries the time it was due, so the expiry lateness includes the wait
+		// for this poll (it was the poll's time, which left that wait out).
+		if err := e.evaluate(ctx, p, u, delta.CauseExpiry, 0, t.At.UnixMilli()); err != nil {
 			if ctx.Err() != nil {
 				break // the lease ended: the take runs out and the next holder re-evaluates
 			}

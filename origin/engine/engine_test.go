@@ -158,6 +158,7 @@ func (r *rig) none(t *testing.T, within time.Duration) {
 
 func TestEventEntersSegmentAndTimeMakesItExit(t *testing.T) {
 	r := newRig(t)
+	t0 := r.clk.Now().Truncate(time.Millisecond) // Due has millisecond resolution
 	r.send(t, event.Event{ID: "e1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
 	d := r.next(t)
 	if d.UserID != "alice" || d.Version != 1 || d.Ruleset != 7 || d.Cause != delta.CauseEvent ||
@@ -180,6 +181,11 @@ func TestEventEntersSegmentAndTimeMakesItExit(t *testing.T) {
 	if d.Cause != delta.CauseExpiry || d.Version != 2 || !slices.Equal(d.Exited, []string{"cart_abandoner"}) || len(d.Members) != 0 || d.Due == 0 {
 		t.Fatalf("expiry delta = %+v", d)
 	}
+	// Due is when the exit was due (the window after the event's bucket), not when the poll
+	// found it (+32m here): the expiry lateness metric is measured from it.
+	if due := time.UnixMilli(d.Due); due.Before(t0.Add(30*time.Minute)) || !due.Before(t0.Add(32*time.Minute)) {
+		t.Fatalf("expiry delta due at +%s, want the window's end, between +30m and the poll at +32m", due.Sub(t0))
+	}
 }
 
 // A worker that took a user's due time and died before the exit was out (here: the test takes
@@ -195,7 +201,7 @@ func TestAnExitTakenByAWorkerThatDiedIsPublishedAfterTheTakeRunsOut(t *testing.T
 	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(5*time.Second))
 	p := event.Partition("alice", r.n.Topology.Partitions)
 	deadline := time.Now().Add(5 * time.Second)
-	var dying []string
+	var dying []schedule.Taken
 	for len(dying) == 0 { // the due time is written after the delta: wait for it
 		var err error
 		if dying, err = sched.Due(context.Background(), p, r.clk.Now().Add(32*time.Minute), 10); err != nil {
@@ -206,8 +212,8 @@ func TestAnExitTakenByAWorkerThatDiedIsPublishedAfterTheTakeRunsOut(t *testing.T
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !slices.Equal(dying, []string{"alice"}) {
-		t.Fatalf("taken %v", dying)
+	if len(dying) != 1 || dying[0].User != "alice" {
+		t.Fatalf("taken %+v", dying)
 	}
 	r.clk.Add(32 * time.Minute) // past her due time: the take is the dead worker's
 	r.none(t, 300*time.Millisecond)

@@ -29,10 +29,11 @@ func batchConformance(t *testing.T, s interface {
 		at   time.Duration
 		want []string
 	}{{time.Minute, []string{"a"}}, {3 * time.Minute, []string{"b"}}, {9 * time.Minute, nil}, {10 * time.Minute, []string{"c"}}} {
-		got, err := s.Due(ctx, 3, t0.Add(tt.at), 10)
+		taken, err := s.Due(ctx, 3, t0.Add(tt.at), 10)
 		if err != nil {
 			t.Fatal(err)
 		}
+		got := usersOf(taken)
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("Due(+%s) = %v, want %v", tt.at, got, tt.want)
 		}

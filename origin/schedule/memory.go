@@ -66,24 +66,25 @@ func (m *Memory) AtMany(ctx context.Context, p int, users []string, dues []time.
 }
 
 // Due implements Schedule.
-func (m *Memory) Due(_ context.Context, p int, now time.Time, max int) ([]string, error) {
+func (m *Memory) Due(_ context.Context, p int, now time.Time, max int) ([]Taken, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	taken := m.takes(p)
-	var out []string
+	var out []Taken
 	for u, until := range taken { // takes that ran out first, oldest first
 		if !until.After(now) {
-			out = append(out, u)
+			out = append(out, Taken{User: u, At: until.Add(-Lease)})
 		}
 	}
-	slices.SortFunc(out, func(a, b string) int { return taken[a].Compare(taken[b]) })
+	slices.SortFunc(out, func(a, b Taken) int { return a.At.Compare(b.At) })
 	out = out[:min(len(out), max)]
 	h := m.part(p)
 	for h.Len() > 0 && len(out) < max && !h.items[0].due.After(now) {
-		out = append(out, heap.Pop(h).(item).user)
+		it := heap.Pop(h).(item)
+		out = append(out, Taken{User: it.user, At: it.due})
 	}
-	for _, u := range out {
-		taken[u] = now.Add(Lease)
+	for _, t := range out {
+		taken[t.User] = now.Add(Lease)
 	}
 	return out, nil
 }

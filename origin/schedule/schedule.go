@@ -28,11 +28,19 @@ type Schedule interface {
 	// Due takes and returns up to max users of the partition whose time is at or before now:
 	// first those taken more than Lease ago and never done, then the due ones, which leave the
 	// schedule of due times (a later At for the user records a new one).
-	Due(ctx context.Context, partition int, now time.Time, max int) ([]string, error)
+	Due(ctx context.Context, partition int, now time.Time, max int) ([]Taken, error)
 	// Done says the user's re-evaluation, taken by Due, is published and recorded.
 	Done(ctx context.Context, partition int, users ...string) error
 	// Cancel forgets the user's due time and any take of it (the profile was erased).
 	Cancel(ctx context.Context, partition int, user string) error
+}
+
+// Taken is a user Due returned, with the time its re-evaluation was due: for a take that ran
+// out, the time of that take (the original due time is not kept; it was at most one poll
+// earlier).
+type Taken struct {
+	User string
+	At   time.Time
 }
 
 // Lease is how long a user Due returned stays taken without Done before Due returns it again.

@@ -39,12 +39,18 @@ func conformance(t *testing.T, s Schedule) {
 		{2 * time.Hour, 1, []string{"carol"}},
 	}
 	for _, tt := range tests {
-		got, err := s.Due(ctx, tt.part, t0.Add(tt.at), 100)
+		taken, err := s.Due(ctx, tt.part, t0.Add(tt.at), 100)
 		must(err)
+		got := usersOf(taken)
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("Due(p%d, +%s) = %v, want %v", tt.part, tt.at, got, tt.want)
 		}
 		must(s.Done(ctx, tt.part, got...)) // as the worker does once they are re-evaluated
+	}
+	// Each comes with the time it was due, for the lateness of its exit.
+	must(s.At(ctx, 5, "ivy", t0.Add(90*time.Second)))
+	if taken, _ := s.Due(ctx, 5, t0.Add(2*time.Minute), 10); len(taken) != 1 || !taken[0].At.Equal(t0.Add(90*time.Second)) {
+		t.Errorf("Due(p5) = %+v, want ivy due at +1m30s", taken)
 	}
 
 	// max bounds one take; the rest stays for the next.
@@ -76,8 +82,9 @@ func conformance(t *testing.T, s Schedule) {
 		{time.Hour, nil, nil},
 	}
 	for _, st := range steps {
-		got, err := s.Due(ctx, 3, t0.Add(st.at), 100)
+		taken, err := s.Due(ctx, 3, t0.Add(st.at), 100)
 		must(err)
+		got := usersOf(taken)
 		slices.Sort(got)
 		if !slices.Equal(got, st.want) {
 			t.Errorf("Due(p3, +%s) = %v, want %v (a take runs out after %s)", st.at, got, st.want, Lease)
@@ -85,13 +92,21 @@ func conformance(t *testing.T, s Schedule) {
 		must(s.Done(ctx, 3, st.done...))
 	}
 	must(s.At(ctx, 4, "hugo", t0))
-	if got, _ := s.Due(ctx, 4, t0, 10); !slices.Equal(got, []string{"hugo"}) {
+	if got, _ := s.Due(ctx, 4, t0, 10); !slices.Equal(usersOf(got), []string{"hugo"}) {
 		t.Fatalf("Due(p4) = %v", got)
 	}
 	must(s.Cancel(ctx, 4, "hugo")) // erased while taken
 	if got, _ := s.Due(ctx, 4, t0.Add(time.Hour), 10); len(got) != 0 {
 		t.Errorf("a cancelled take came back: %v", got)
 	}
+}
+
+func usersOf(taken []Taken) []string {
+	var out []string
+	for _, t := range taken {
+		out = append(out, t.User)
+	}
+	return out
 }
 
 func TestMemory(t *testing.T) { conformance(t, NewMemory()) }
