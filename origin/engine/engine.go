@@ -83,6 +83,12 @@ type Config struct {
 	Now          func() time.Time
 	// DuePoll is how often due re-evaluations are checked (default 100ms).
 	DuePoll time.Duration
+	// Retention is the profile store's: a profile expires that long after its last event. When
+	// set, every evaluated user also gets a due time just after that, and a due user whose
+	// profile has expired is forgotten as if erased (erase delta: edges drop their replica,
+	// memberships and member counts go), so retention removes a user everywhere, not only
+	// from the store. 0: expired profiles leave their memberships behind.
+	Retention time.Duration
 	// Triggers, if set, is told of every published delta before the event is acknowledged, so a
 	// trigger fires at least once per membership change even across a crash.
 	Triggers TriggerSink
@@ -819,6 +825,9 @@ func (e *Engine) newBatch(p int) *batch {
 func (e *Engine) evaluate(ctx context.Context, p int, user string, cause delta.Cause, acceptedAt, due int64) error {
 	prof, err := e.cfg.Store.Get(ctx, user)
 	if errors.Is(err, store.ErrNotFound) {
+		if cause == delta.CauseExpiry && e.cfg.Retention > 0 {
+			return e.forgetExpired(ctx, p, user)
+		}
 		return nil // erased or expired meanwhile
 	}
 	if err != nil {
@@ -899,7 +908,11 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 		e.m.evalErrors.Inc()
 		return fmt.Errorf("evaluate ruleset %d: %w", version, err)
 	}
-	if next, ok := prof.NextExpiry(b.spec, now); ok {
+	next, ok := prof.NextExpiry(b.spec, now)
+	if forget, on := e.forgetAt(now); on && (!ok || forget.Before(next)) {
+		next, ok = forget, true
+	}
+	if ok {
 		if cur, ok := b.due[user]; !ok || next.Before(cur) {
 			if b.due == nil {
 				b.due = map[string]time.Time{}
@@ -1129,6 +1142,34 @@ func diff(a, b []string) (entered, exited []string) {
 // runs on the user's partition worker, like everything that writes the user's membership.
 func (e *Engine) Erase(ctx context.Context, user string) error {
 	return e.Reevaluate(ctx, user, delta.CauseErase)
+}
+
+// forgetAt is when a profile evaluated at now will have expired (Config.Retention after now, a
+// little later, rounded up to the hour so that a user's events in the same hour ask for the same
+// due time and the record cache spares the schedule the writes). An earlier due time the
+// schedule keeps only costs an evaluation that finds the profile alive and asks again.
+func (e *Engine) forgetAt(now time.Time) (time.Time, bool) {
+	if e.cfg.Retention <= 0 {
+		return time.Time{}, false
+	}
+	return now.Add(e.cfg.Retention + time.Minute).Truncate(time.Hour).Add(time.Hour), true
+}
+
+// forgetExpired is what a due time finds when the user's profile has expired (Config.Retention):
+// the user is erased everywhere else too, unless no delta was ever published for them.
+func (e *Engine) forgetExpired(ctx context.Context, p int, user string) error {
+	rec, ok := e.recs[p].Load().get(user)
+	if !ok {
+		var err error
+		if rec, err = e.cfg.Members.Get(ctx, user); err != nil {
+			return err
+		}
+	}
+	if rec.Version == 0 {
+		return nil
+	}
+	e.m.forgotten.Inc()
+	return e.erase(ctx, p, user)
 }
 
 func (e *Engine) erase(ctx context.Context, p int, user string) error {

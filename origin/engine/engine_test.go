@@ -258,3 +258,82 @@ func TestUnreadableEventIsDroppedAndCounted(t *testing.T) {
 		t.Fatalf("unreadable counter = %v, want 1", got)
 	}
 }
+
+// everyoneRules puts every profile in segment "known": a membership no window ends.
+type everyoneRules struct{ cartRules }
+
+func (r *everyoneRules) Segments(_ context.Context, _ *profile.Profile, _ time.Time, dst []string) ([]string, error) {
+	return append(dst, "known"), nil
+}
+
+// With a retention, a user whose profile expired is erased everywhere at the due time just after
+// the expiry: an erase delta (edges drop their replica), no memberships, member counts down. A
+// user with new events before then is kept.
+func TestAnExpiredProfileIsForgottenEverywhere(t *testing.T) {
+	const retention = 2 * time.Hour
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Now()}
+	r := &rig{n: n, clk: clk, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())}
+	r.rules.Store(newCartRules(t))
+	rules := &everyoneRules{cartRules: *newCartRules(t)}
+	mem := members.NewMemory()
+	reg := prometheus.NewRegistry()
+	eng, err := New(Config{
+		JS: n.JS, Topology: n.Topology,
+		Store:      memory.New(store.Options{Now: clk.Now, Retention: retention}),
+		Members:    mem,
+		Schedule:   schedule.NewMemory(),
+		Rules:      func() Rules { return rules },
+		Now:        clk.Now,
+		DuePoll:    10 * time.Millisecond,
+		Retention:  retention,
+		Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.Run(ctx)
+	cons, err := n.JS.CreateConsumer(ctx, n.Topology.DeltasStream(), jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.eng, r.deltas = eng, cons
+
+	r.send(t, event.Event{ID: "e1", UserID: "idle", Type: "page_view", TS: clk.Now()},
+		event.Event{ID: "e2", UserID: "busy", Type: "page_view", TS: clk.Now()})
+	for range 2 {
+		if d := r.next(t); !slices.Equal(d.Entered, []string{"known"}) {
+			t.Fatalf("first delta = %+v", d)
+		}
+	}
+	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), time.Now().Add(5*time.Second))
+	clk.Add(retention - time.Minute)
+	r.send(t, event.Event{ID: "e3", UserID: "busy", Type: "page_view", TS: clk.Now()}) // busy stays
+	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), time.Now().Add(5*time.Second))
+	r.none(t, 200*time.Millisecond) // nothing changed for busy: no delta
+
+	clk.Add(time.Hour + 2*time.Minute) // idle's profile expired; its forget due has come
+	d := r.next(t)
+	if d.UserID != "idle" || !d.Erased || d.Cause != delta.CauseErase || !slices.Equal(d.Exited, []string{"known"}) || len(d.Members) != 0 {
+		t.Fatalf("delta after idle's profile expired = %+v", d)
+	}
+	r.none(t, 300*time.Millisecond) // busy is not forgotten, and idle only once
+	if rec, err := mem.Get(ctx, "idle"); err != nil || len(rec.Members) != 0 {
+		t.Fatalf("idle's membership record = %+v, %v", rec, err)
+	}
+	counts, err := mem.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["known"] != 1 {
+		t.Fatalf("members of known = %d, want 1 (busy)", counts["known"])
+	}
+	if got := testutil.ToFloat64(eng.m.forgotten); got != 1 {
+		t.Fatalf("forgotten = %v, want 1", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 type metrics struct {
 	applied, duplicates, poison, applyErrors, evalErrors, publishErrors, deadLettered prometheus.Counter
+	forgotten                                                                         prometheus.Counter
 	deltas                                                                            *prometheus.CounterVec
 	applyDur, ingestToProfile, ingestToDelta, expiryLateness                          prometheus.Histogram
 	lag                                                                               *prometheus.GaugeVec
@@ -20,8 +21,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	// Fine around the 10 ms goal, coarse in the tail.
 	lat := []float64{0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 	m := &metrics{
-		applied:         prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
-		duplicates:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
+		applied:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profiles_forgotten_total",
+			Help: "Users erased everywhere (erase delta, memberships, member counts) because their profile expired after SEGEDGE_RETENTION with no event."}),
 		deadLettered:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_dead_lettered_total", Help: "Events the profile store refused on every one of MaxEventAttempts deliveries, moved to EVENTS_DLQ."}),
 		poison:          prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_unreadable_total", Help: "Messages on EVENTS that could not be decoded and were dropped."}),
 		applyErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profile_update_failures_total", Help: "Profile updates that failed and will be retried."}),
@@ -41,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
-	reg.MustRegister(m.applied, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
+	reg.MustRegister(m.applied, m.forgotten, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
 		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize, m.deltaBatchSize)
 	return m
 }
