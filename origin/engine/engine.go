@@ -637,6 +637,7 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 			trace.End(span, err)
 			continue
 		}
+		stampDirect(m, evs[n0:], accepted[n0:])
 		for range len(evs) - n0 {
 			ctxs = append(ctxs, ectx)
 			owner = append(owner, len(keep))
@@ -682,6 +683,34 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 			}
 		}
 		lo = hi
+	}
+}
+
+// stampDirect gives the events of a message a backend published on EVENTS itself (see
+// docs/architecture.md, "The EVENTS message") what the origin's ingest would have: the time
+// JetStream stored the message as their acceptance time when they carry none, and as their ts
+// when they carry none ("ts optional: server time"). Without it such an event counted at
+// 1970-01-01, outside every window, and its ingest→profile latency was 56 years. Messages of
+// the origin's ingest carry both, so the metadata is only read for the others.
+func stampDirect(m jetstream.Msg, evs []event.Event, accepted []time.Time) {
+	var stored time.Time
+	for i := range evs {
+		if accepted[i].UnixNano() != 0 && evs[i].TS.UnixMilli() != 0 {
+			continue
+		}
+		if stored.IsZero() {
+			md, err := m.Metadata()
+			if err != nil {
+				return // not a JetStream message (tests): leave them as they are
+			}
+			stored = md.Timestamp.UTC()
+		}
+		if accepted[i].UnixNano() == 0 {
+			accepted[i] = stored
+		}
+		if evs[i].TS.UnixMilli() == 0 {
+			evs[i].TS = stored.Truncate(time.Millisecond)
+		}
 	}
 }
 

@@ -337,3 +337,28 @@ func TestAnExpiredProfileIsForgottenEverywhere(t *testing.T) {
 		t.Fatalf("forgotten = %v, want 1", got)
 	}
 }
+
+// A backend may publish an event on EVENTS itself, without ts or accepted_at: it counts at the
+// time JetStream stored it ("ts optional: server time"), not at 1970, so it lands in the window
+// and the user enters; its delta has an acceptance time.
+func TestAnEventPublishedOnNATSWithoutTsCountsAtItsStoreTime(t *testing.T) {
+	r := newRig(t)
+	subject := r.n.Topology.EventSubject(event.Partition("dora", r.n.Topology.Partitions))
+	if _, err := r.n.JS.Publish(context.Background(), subject, []byte(`{"event_id":"direct-1","user_id":"dora","type":"add_to_cart"}`)); err != nil {
+		t.Fatal(err)
+	}
+	d := r.next(t)
+	if d.UserID != "dora" || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("delta = %+v, want dora in cart_abandoner", d)
+	}
+	if age := time.Since(time.UnixMilli(d.AcceptedAt)); d.AcceptedAt == 0 || age < 0 || age > time.Minute {
+		t.Fatalf("accepted_at %d (%s ago), want the time JetStream stored the event", d.AcceptedAt, age)
+	}
+	prof, err := r.eng.cfg.Store.Get(context.Background(), "dora")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := prof.Value(cartFeature, r.clk.Now()); !ok || v.Int != 1 {
+		t.Fatalf("dora's add_to_cart count in the window = %+v, %v; want 1", v, ok)
+	}
+}
