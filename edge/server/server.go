@@ -297,17 +297,20 @@ func (e *edge) metrics(reg prometheus.Registerer) {
 
 func (e *edge) rulesetVersion() uint64 { return e.ruleset.Load() }
 
-// rulesetHeader says which ruleset version answered, unless the personalized render already
-// named the exact version it evaluated (a swap may happen during a request).
-func (e *edge) rulesetHeader(ctx *fasthttp.RequestCtx) {
-	if v := e.ruleset.Load(); v > 0 && ctx.Response.Header.Peek("Segedge-Ruleset") == nil {
+// rulesetHeader says which ruleset version answered, v, the version active when the request
+// began, unless the personalized render already named the exact version it evaluated (a swap
+// may happen during a request). Not the version active when the response is finished: a page
+// served unpersonalized because no ruleset was active yet would then claim the one activated
+// meanwhile (seen once in the ruleset swap test: "Segedge-Ruleset 1" on a default page).
+func (e *edge) rulesetHeader(ctx *fasthttp.RequestCtx, v uint64) {
+	if v > 0 && ctx.Response.Header.Peek("Segedge-Ruleset") == nil {
 		ctx.Response.Header.Set("Segedge-Ruleset", strconv.FormatUint(v, 10))
 	}
 }
 
 // handle is the public side: our own endpoints first, everything else to the upstream.
 func (e *edge) handle(ctx *fasthttp.RequestCtx) {
-	defer e.rulesetHeader(ctx)
+	defer e.rulesetHeader(ctx, e.ruleset.Load()) // the version now: see rulesetHeader
 	path := ctx.Path()
 	switch {
 	case len(path) > 5 && string(path[:6]) == "/user/":
