@@ -57,6 +57,17 @@ type Rules interface {
 	Segments(ctx context.Context, p *profile.Profile, now time.Time, dst []string) ([]string, error)
 }
 
+// EventTypeFilter is implemented by Rules that know which event types can change what they
+// read. After an event of a type it does not read, the engine does not evaluate the profile:
+// no segment's inputs changed, so no membership, edge feature or due time can have changed
+// (the ruleset is one WebAssembly call, so "only the segments whose inputs changed" is all of
+// them or none). Rules that read values which change with time alone (since(), decayed
+// scores) read every type: any evaluation may move those. A duplicate (redelivered) event is
+// always evaluated: its first evaluation may not have been published.
+type EventTypeFilter interface {
+	ReadsEventType(typ string) bool
+}
+
 // Config wires an engine.
 type Config struct {
 	JS       jetstream.JetStream
@@ -786,6 +797,9 @@ func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accep
 			e.m.duplicates.Inc()
 		}
 		e.m.applyDur.Observe(per)
+		if b.skips(r, evs[i].Type) {
+			continue
+		}
 		users = append(users, r.Profile.UserID)
 	}
 	if err := e.loadMembers(ctx, b, users); err != nil {
@@ -793,6 +807,10 @@ func (e *Engine) applyBatch(ctx context.Context, p int, evs []event.Event, accep
 	}
 	for i, r := range res {
 		if r.Err != nil {
+			continue
+		}
+		if b.skips(r, evs[i].Type) {
+			e.m.notEvaluated.Inc()
 			continue
 		}
 		if err := e.evaluateProfile(ctxs[i], b, r.Profile, delta.CauseEvent, accepted[i].UnixMilli(), 0); err != nil {
@@ -816,6 +834,8 @@ type batch struct {
 	rules Rules
 	spec  *profile.Spec
 	th    ThresholdSink // nil: no threshold triggers
+	// filter tells the event types the ruleset reads; nil: it reads them all.
+	filter EventTypeFilter
 	// recs are the users' membership records as this batch leaves them; dirty lists the users
 	// whose record must be written, in the order they changed.
 	recs  map[string]members.Record
@@ -834,6 +854,13 @@ type batch struct {
 	keep  func()
 }
 
+// skips says whether the profile an event left (r) needs no evaluation: the event was applied
+// (not a duplicate) and is of a type the ruleset does not read (EventTypeFilter). With
+// threshold triggers set, every event is evaluated (their expressions may read anything).
+func (b *batch) skips(r store.Result, typ string) bool {
+	return r.Applied && b.filter != nil && b.th == nil && !b.filter.ReadsEventType(typ)
+}
+
 // newBatch snapshots the active ruleset (and threshold triggers) for one batch.
 func (e *Engine) newBatch(p int) *batch {
 	b := &batch{p: p, rules: e.cfg.Rules(), spec: e.empty, recs: map[string]members.Record{}, cache: e.recs[p].Load()}
@@ -841,6 +868,7 @@ func (e *Engine) newBatch(p int) *batch {
 		return b
 	}
 	b.spec = b.rules.Spec()
+	b.filter, _ = b.rules.(EventTypeFilter)
 	if th, ok := e.cfg.Triggers.(ThresholdSink); ok {
 		if spec := th.ThresholdSpec(); spec != nil {
 			b.th, b.spec = th, spec

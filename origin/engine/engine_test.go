@@ -30,7 +30,12 @@ type cartRules struct {
 	spec    *profile.Spec
 	name    string
 	version uint64
+	// filter: ReadsEventType answers true for add_to_cart only (false: for every type).
+	filter bool
+	evals  *atomic.Int64 // counts Segments calls when set
 }
+
+func (r *cartRules) ReadsEventType(typ string) bool { return !r.filter || typ == "add_to_cart" }
 
 var cartFeature = profile.Feature{Kind: profile.FeatureCount, Name: "add_to_cart", Window: 30 * time.Minute}
 
@@ -46,6 +51,9 @@ func (r *cartRules) Version() uint64                 { return r.version }
 func (r *cartRules) Spec() *profile.Spec             { return r.spec }
 func (r *cartRules) EdgeFeatures() []profile.Feature { return nil }
 func (r *cartRules) Segments(_ context.Context, p *profile.Profile, now time.Time, dst []string) ([]string, error) {
+	if r.evals != nil {
+		r.evals.Add(1)
+	}
 	if v, ok := p.Value(cartFeature, now); ok && v.Int > 0 {
 		dst = append(dst, r.name)
 	}
@@ -360,5 +368,44 @@ func TestAnEventPublishedOnNATSWithoutTsCountsAtItsStoreTime(t *testing.T) {
 	}
 	if v, ok := prof.Value(cartFeature, r.clk.Now()); !ok || v.Int != 1 {
 		t.Fatalf("dora's add_to_cart count in the window = %+v, %v; want 1", v, ok)
+	}
+}
+
+// After an event of a type no rule reads, the profile is updated but not evaluated: no segment's
+// inputs changed. An event of a type a rule reads is evaluated as always.
+func TestAnEventNoRuleReadsIsAppliedButNotEvaluated(t *testing.T) {
+	r := newRig(t)
+	rules := newCartRules(t)
+	rules.filter, rules.evals = true, new(atomic.Int64)
+	r.rules.Store(rules)
+	r.send(t, event.Event{ID: "c1", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	if d := r.next(t); !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("delta = %+v", d)
+	}
+	r.send(t, event.Event{ID: "v1", UserID: "alice", Type: "page_view", TS: r.clk.Now()},
+		event.Event{ID: "v2", UserID: "bob", Type: "page_view", TS: r.clk.Now()})
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(5*time.Second))
+	r.none(t, 200*time.Millisecond)
+	if got := rules.evals.Load(); got != 1 {
+		t.Fatalf("%d evaluations, want 1: the page views changed nothing a rule reads", got)
+	}
+	if got := testutil.ToFloat64(r.eng.m.notEvaluated); got != 2 {
+		t.Fatalf("not evaluated = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(r.eng.m.applied); got != 3 {
+		t.Fatalf("applied = %v, want 3 (the page views update the profiles)", got)
+	}
+	prof, err := r.eng.cfg.Store.Get(context.Background(), "alice")
+	if err != nil || prof.Version != 2 {
+		t.Fatalf("alice's profile: %+v, %v; want version 2", prof, err)
+	}
+	r.send(t, event.Event{ID: "c2", UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+	waitNothingPending(context.Background(), t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(5*time.Second))
+	deadline := time.Now().Add(5 * time.Second)
+	for rules.evals.Load() != 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := rules.evals.Load(); got != 2 {
+		t.Fatalf("%d evaluations after a second add_to_cart, want 2", got)
 	}
 }

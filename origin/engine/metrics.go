@@ -10,7 +10,7 @@ import (
 
 type metrics struct {
 	applied, duplicates, poison, applyErrors, evalErrors, publishErrors, deadLettered prometheus.Counter
-	forgotten                                                                         prometheus.Counter
+	forgotten, notEvaluated                                                           prometheus.Counter
 	deltas                                                                            *prometheus.CounterVec
 	applyDur, ingestToProfile, ingestToDelta, expiryLateness                          prometheus.Histogram
 	lag                                                                               *prometheus.GaugeVec
@@ -23,6 +23,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		applied:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_applied_total", Help: "Events applied to profiles."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_duplicate_total", Help: "Redelivered events recognised by id and not applied again."}),
+		notEvaluated: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_evaluations_skipped_total",
+			Help: "Applied events of a type the active ruleset does not read: the profile was updated but not evaluated (no segment's inputs changed)."}),
 		forgotten: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profiles_forgotten_total",
 			Help: "Users erased everywhere (erase delta, memberships, member counts) because their profile expired after SEGEDGE_RETENTION with no event."}),
 		deadLettered:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_dead_lettered_total", Help: "Events the profile store refused on every one of MaxEventAttempts deliveries, moved to EVENTS_DLQ."}),
@@ -44,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
-	reg.MustRegister(m.applied, m.forgotten, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
+	reg.MustRegister(m.applied, m.forgotten, m.notEvaluated, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
 		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize, m.deltaBatchSize)
 	return m
 }

@@ -149,9 +149,32 @@ func LoadVersion(ctx context.Context, rt *wasm.Runtime, sv *rulestore.Version) (
 	// reads, whether or not some rule needs the request: without them an edge would see every
 	// profile segment as "not a member".
 	v.edgeFeatures = m.Features()
+	v.reads, v.readsAll = eventTypesRead(v.edgeFeatures)
 	v.results.New = func() any { return v.man.NewResult() }
 	return v, nil
 }
+
+// eventTypesRead returns the event types whose events change a value the features read:
+// count() and sum() their own type, traits the "identify" type. all is true when a feature
+// changes with time alone (since(), a decayed score): then any evaluation may change a
+// membership, and every event is evaluated as before.
+func eventTypesRead(features []profile.Feature) (types map[string]bool, all bool) {
+	types = map[string]bool{}
+	for _, f := range features {
+		switch f.Kind {
+		case profile.FeatureCount, profile.FeatureSum:
+			types[f.Name] = true
+		case profile.FeatureTrait:
+			types[profile.TraitEventType] = true
+		default: // FeatureSince, FeatureScore, and any kind added later
+			all = true
+		}
+	}
+	return types, all
+}
+
+// ReadsEventType implements engine.EventTypeFilter.
+func (v *Version) ReadsEventType(typ string) bool { return v.readsAll || v.reads[typ] }
 
 // Version is a ruleset version loaded into the sandbox: it implements engine.Rules and Loaded.
 type Version struct {
@@ -162,6 +185,8 @@ type Version struct {
 	names        []string
 	needsRequest bool
 	edgeFeatures []profile.Feature
+	reads        map[string]bool // event types that change what the rules read
+	readsAll     bool            // a feature changes with time alone: every type counts
 	results      sync.Pool
 }
 
