@@ -58,6 +58,7 @@ func startSystem(t *testing.T, svc services, upstream string, edgeEnv ...string)
 		}
 		natsURL = n
 		env = append(env, "NATS_URL="+n, "REDIS_URL="+r, "SEGEDGE_REDIS_PREFIX="+sys.natsPrefix)
+		testenv.RemoveOnCleanup(t, n, r, sys.natsPrefix) // the shared servers keep nothing of this test
 	} else {
 		env = append(env, "SEGEDGE_NATS_EMBED_ADDR="+natsAddr)
 	}

@@ -86,24 +86,63 @@ func StartNATS(t testing.TB) *NATS {
 	}
 	n.Conn, n.JS = nc, js
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		prefix := strings.ToUpper(n.Topology.Prefix)
-		names := js.StreamNames(ctx)
-		for name := range names.Name() {
-			if strings.HasPrefix(name, prefix) {
-				_ = js.DeleteStream(ctx, name)
-			}
-		}
-		kvs := js.KeyValueStoreNames(ctx)
-		for name := range kvs.Name() {
-			if strings.HasPrefix(name, prefix) {
-				_ = js.DeleteKeyValue(ctx, name)
-			}
-		}
+		deleteStreams(js, n.Topology.Prefix)
 		nc.Close()
 	})
 	return n
+}
+
+// deleteStreams deletes the streams, key-value buckets and object stores whose names start
+// with prefix (upper case, as bus.Topology names them); a bucket or object store is the stream
+// KV_<name> or OBJ_<name>.
+func deleteStreams(js jetstream.JetStream, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	prefix = strings.ToUpper(prefix)
+	var doomed []string
+	names := js.StreamNames(ctx)
+	for name := range names.Name() {
+		base := strings.TrimPrefix(strings.TrimPrefix(name, "KV_"), "OBJ_")
+		if strings.HasPrefix(base, prefix) {
+			doomed = append(doomed, name)
+		}
+	}
+	for _, name := range doomed {
+		_ = js.DeleteStream(ctx, name)
+	}
+}
+
+// deleteKeys deletes the Redis keys that contain prefix (keys are hash-tagged per user, {...},
+// so the prefix may be anywhere in them).
+func deleteKeys(c *redis.Client, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, "*"+prefix+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
+}
+
+// RemoveOnCleanup deletes, when t ends, what programs the test started (real processes, not
+// this package's clients) created under prefix on the shared servers at natsURL and redisURL:
+// streams, key-value buckets and keys. Call it before starting them, so that it runs after
+// they were stopped (cleanups run last-in first-out). Best effort: a server that cannot be
+// reached is left as it is.
+func RemoveOnCleanup(t testing.TB, natsURL, redisURL, prefix string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if nc, err := nats.Connect(natsURL, nats.Timeout(3*time.Second)); err == nil {
+			if js, err := jetstream.New(nc); err == nil {
+				deleteStreams(js, prefix)
+			}
+			nc.Close()
+		}
+		if opt, err := redis.ParseURL(redisURL); err == nil {
+			c := redis.NewClient(opt)
+			deleteKeys(c, prefix)
+			c.Close()
+		}
+	})
 }
 
 // Redis is a Redis database for one test: every key it writes must start with Prefix.
@@ -134,13 +173,7 @@ func StartRedis(t testing.TB) *Redis {
 	}
 	r := &Redis{URL: url, Client: c, Prefix: Prefix(t)}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		// Keys are hash-tagged per user ({...}), so match the prefix anywhere in the key.
-		iter := c.Scan(ctx, 0, "*"+r.Prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
+		deleteKeys(c, r.Prefix)
 		c.Close()
 	})
 	return r
