@@ -97,6 +97,13 @@ func newRigWith(t *testing.T, mem members.Store) *rig {
 // newRigWithSchedule is newRig with the members store mem and the schedule sched.
 func newRigWithSchedule(t *testing.T, mem members.Store, sched schedule.Schedule) *rig {
 	t.Helper()
+	return newRigWithConfig(t, func(c *Config) { c.Members, c.Schedule = mem, sched })
+}
+
+// newRigWithConfig is newRig with the engine's Config changed by mod (the clock's, the rig's
+// cartRules and an in-memory store, members store and schedule are set before).
+func newRigWithConfig(t *testing.T, mod func(*Config)) *rig {
+	t.Helper()
 	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -106,15 +113,17 @@ func newRigWithSchedule(t *testing.T, mem members.Store, sched schedule.Schedule
 	clk := &clock{now: time.Now()}
 	r := &rig{n: n, clk: clk, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())}
 	r.rules.Store(newCartRules(t))
-	eng, err := New(Config{
+	cfg := Config{
 		JS: n.JS, Topology: n.Topology,
 		Store:    memory.New(store.Options{Now: clk.Now}),
-		Members:  mem,
-		Schedule: sched,
+		Members:  members.NewMemory(),
+		Schedule: schedule.NewMemory(),
 		Rules:    func() Rules { return r.rules.Load() },
 		Now:      clk.Now,
 		DuePoll:  10 * time.Millisecond,
-	})
+	}
+	mod(&cfg)
+	eng, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,39 +288,17 @@ func (r *everyoneRules) Segments(_ context.Context, _ *profile.Profile, _ time.T
 // user with new events before then is kept.
 func TestAnExpiredProfileIsForgottenEverywhere(t *testing.T) {
 	const retention = 2 * time.Hour
-	n := testenv.StartNATS(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	clk := &clock{now: time.Now()}
-	r := &rig{n: n, clk: clk, pub: ingest.NewPublisher(n.JS, n.Topology, "origin", prometheus.NewRegistry())}
-	r.rules.Store(newCartRules(t))
 	rules := &everyoneRules{cartRules: *newCartRules(t)}
 	mem := members.NewMemory()
-	reg := prometheus.NewRegistry()
-	eng, err := New(Config{
-		JS: n.JS, Topology: n.Topology,
-		Store:      memory.New(store.Options{Now: clk.Now, Retention: retention}),
-		Members:    mem,
-		Schedule:   schedule.NewMemory(),
-		Rules:      func() Rules { return rules },
-		Now:        clk.Now,
-		DuePoll:    10 * time.Millisecond,
-		Retention:  retention,
-		Registerer: reg,
+	var clk *clock
+	r := newRigWithConfig(t, func(c *Config) {
+		clk = &clock{now: time.Now()}
+		c.Now = clk.Now
+		c.Store = memory.New(store.Options{Now: clk.Now, Retention: retention})
+		c.Members, c.Rules, c.Retention = mem, func() Rules { return rules }, retention
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.Run(ctx)
-	cons, err := n.JS.CreateConsumer(ctx, n.Topology.DeltasStream(), jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.eng, r.deltas = eng, cons
-
+	r.clk = clk
+	ctx, n, eng := context.Background(), r.n, r.eng
 	r.send(t, event.Event{ID: "e1", UserID: "idle", Type: "page_view", TS: clk.Now()},
 		event.Event{ID: "e2", UserID: "busy", Type: "page_view", TS: clk.Now()})
 	for range 2 {
