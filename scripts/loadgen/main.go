@@ -449,8 +449,9 @@ func scrape(ctx context.Context, c *http.Client, origin string) (metrics, error)
 	return m, nil
 }
 
-// cleanup deletes the streams (and key-value buckets, which are streams too) whose names start
-// with the prefix, as the origin names them: a benchmark leaves nothing behind on a shared NATS.
+// cleanup deletes the streams (and key-value buckets and object stores, which are streams KV_…
+// and OBJ_… too) whose names start with the prefix, as the origin names them: a benchmark
+// leaves nothing behind on a shared NATS.
 func cleanup(url, prefix string) error {
 	if url == "" || prefix == "" {
 		return errors.New("-cleanup needs -nats-url and a non-empty -nats-prefix")
@@ -470,7 +471,7 @@ func cleanup(url, prefix string) error {
 	var names []string
 	lister := js.StreamNames(ctx)
 	for name := range lister.Name() {
-		if strings.HasPrefix(name, up) || strings.HasPrefix(name, "KV_"+up) {
+		if strings.HasPrefix(name, up) || strings.HasPrefix(name, "KV_"+up) || strings.HasPrefix(name, "OBJ_"+up) {
 			names = append(names, name)
 		}
 	}
