@@ -40,6 +40,13 @@ func (p *Proxy) handleCached(ctx *fasthttp.RequestCtx, up *upstream) {
 		req := p.cacheRequest(ctx, up)
 		c.Background(httpcache.FlightKey(host, uri), func() (*httpcache.Entry, error) {
 			defer fasthttp.ReleaseRequest(req)
+			// A refresh that finished between our Lookup and now (its flight ended just before
+			// this one began) has stored a fresh entry: nothing to fetch. Without this, a request
+			// that saw the stale entry an instant before the refresh stored its answer started a
+			// second refresh.
+			if again, st := c.Lookup(host, uri, p.cacheHeaderOf(&req.Header)); st == httpcache.Fresh && again != e {
+				return again, nil
+			}
 			f := p.fetch(up, req, host, uri, e)
 			if f.resp != nil {
 				fasthttp.ReleaseResponse(f.resp)

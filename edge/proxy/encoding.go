@@ -32,10 +32,16 @@ func (r identityCoding) Peek(key string) []byte {
 
 // cacheHeader is the request header the cache matches Vary against.
 func (p *Proxy) cacheHeader(ctx *fasthttp.RequestCtx) httpcache.RequestHeader {
+	return p.cacheHeaderOf(&ctx.Request.Header)
+}
+
+// cacheHeaderOf is cacheHeader for a request header of our own (a background refresh's copy,
+// which outlives the client's request).
+func (p *Proxy) cacheHeaderOf(h *fasthttp.RequestHeader) httpcache.RequestHeader {
 	if p.cfg.Compress != nil {
-		return identityCoding{&ctx.Request.Header}
+		return identityCoding{h}
 	}
-	return &ctx.Request.Header
+	return h
 }
 
 // Coding is the content coding in which entry e is served to ctx's client: Identity unless
