@@ -138,7 +138,7 @@ func postEvent(t *testing.T, sys *system, body string) {
 func waitUserIn(t *testing.T, sys *system, user, segment string, want bool, deadline time.Time) {
 	t.Helper()
 	for {
-		code, body := getWithToken(t, sys.originURL+"/v1/users/"+user+"/segments", "admin-secret")
+		code, body := call(t, "GET", sys.originURL+"/v1/users/"+user+"/segments", "admin-secret", "")
 		var got struct {
 			Segments []string `json:"segments"`
 		}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -44,8 +43,8 @@ func TestANewRulesetsSegmentsFillAndTheRescanEndpointSaysWhenDone(t *testing.T) 
 
 	putRulesText(t, sys, "segments:\n  - name: reader\n    rule: count(\"page_view\", \"30m\") > 1\n"+
 		"  - name: visitor\n    rule: count(\"page_view\", \"30m\") > 0\n")
-	if !waitMembers(t, sys, "visitor", users) {
-		_, body := getWithToken(t, sys.originURL+"/v1/rescan", "admin-secret")
+	if !waitMembersAt(t, sys.originURL, "admin-secret", "visitor", users) {
+		_, body := call(t, "GET", sys.originURL+"/v1/rescan", "admin-secret", "")
 		t.Fatalf("the new segment never filled; rescan progress: %s", body)
 	}
 
@@ -65,7 +64,7 @@ func TestANewRulesetsSegmentsFillAndTheRescanEndpointSaysWhenDone(t *testing.T) 
 	var p progress
 	deadline = time.Now().Add(10 * time.Second)
 	for {
-		code, body := getWithToken(t, sys.originURL+"/v1/rescan", "admin-secret")
+		code, body := call(t, "GET", sys.originURL+"/v1/rescan", "admin-secret", "")
 		if code != 200 {
 			t.Fatalf("GET /v1/rescan: %d %s", code, body)
 		}
@@ -88,57 +87,12 @@ func TestANewRulesetsSegmentsFillAndTheRescanEndpointSaysWhenDone(t *testing.T) 
 			t.Fatalf("partition %+v not rescanned under ruleset 2", pr)
 		}
 	}
-	if code, _ := getWithToken(t, sys.originURL+"/v1/rescan", ""); code != http.StatusUnauthorized {
+	if code, _ := call(t, "GET", sys.originURL+"/v1/rescan", "", ""); code != http.StatusUnauthorized {
 		t.Fatalf("GET /v1/rescan without a token: %d, want 401", code)
 	}
 }
 
-func getWithToken(t *testing.T, url, token string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b)
-}
-
 func userExists(t *testing.T, sys *system, user string) bool {
-	code, _ := getWithToken(t, sys.originURL+"/v1/users/"+user, "admin-secret")
+	code, _ := call(t, "GET", sys.originURL+"/v1/users/"+user, "admin-secret", "")
 	return code == 200
-}
-
-// waitMembers waits until GET /v1/segments counts want members in segment, and says whether
-// that happened within 15 s.
-func waitMembers(t *testing.T, sys *system, segment string, want int64) bool {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	var body string
-	for {
-		var code int
-		code, body = getWithToken(t, sys.originURL+"/v1/segments", "admin-secret")
-		var list struct {
-			Segments []struct {
-				Name    string `json:"name"`
-				Members int64  `json:"members"`
-			} `json:"segments"`
-		}
-		if code == 200 && json.Unmarshal([]byte(body), &list) == nil {
-			for _, s := range list.Segments {
-				if s.Name == segment && s.Members == want {
-					return true
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Logf("segment %s never had %d members: %s", segment, want, body)
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

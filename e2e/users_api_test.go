@@ -215,7 +215,7 @@ func TestDeletingAUserErasesProfileMembershipsAndTellsTheEdges(t *testing.T) {
 	const user, other = "erase-me", "keep-me"
 	viewUntilMember(t, o, user)
 	viewUntilMember(t, o, other)
-	if !waitMembersAt(t, o.url(), "viewer", 2) {
+	if !waitMembersAt(t, o.url(), usersReadKey, "viewer", 2) {
 		t.Fatal("viewer never counted both users")
 	}
 
@@ -230,7 +230,7 @@ func TestDeletingAUserErasesProfileMembershipsAndTellsTheEdges(t *testing.T) {
 			t.Fatalf("GET %s after erasure: %d with segments %v, want none", u, code, segs)
 		}
 	}
-	if !waitMembersAt(t, o.url(), "viewer", 1) {
+	if !waitMembersAt(t, o.url(), usersReadKey, "viewer", 1) {
 		t.Fatal("the erased user is still counted in viewer")
 	}
 	if code, _ := call(t, "GET", o.url()+"/v1/users/"+other, usersReadKey, ""); code != 200 {
@@ -269,12 +269,13 @@ func eraseDelta(t *testing.T, o *chaosOrigin, user string) delta.Delta {
 	}
 }
 
-// waitMembersAt waits until GET /v1/segments counts want members in segment.
-func waitMembersAt(t *testing.T, originURL, segment string, want int64) bool {
+// waitMembersAt waits until the origin's GET /v1/segments (asked with token) counts want
+// members in segment, and says whether that happened within 10 s.
+func waitMembersAt(t *testing.T, originURL, token, segment string, want int64) bool {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, body := call(t, "GET", originURL+"/v1/segments", usersReadKey, "")
+		_, body := call(t, "GET", originURL+"/v1/segments", token, "")
 		var list struct {
 			Segments []struct {
 				Name    string `json:"name"`

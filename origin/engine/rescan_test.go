@@ -155,6 +155,19 @@ func (r *rescanRig) seed(t *testing.T) {
 	}
 }
 
+// twoOrigins starts origins a and b, waits until they hold half the partitions each, and
+// stores a profile for every user.
+func (r *rescanRig) twoOrigins(t *testing.T) (a, b *origin) {
+	t.Helper()
+	P := r.n.Topology.Partitions
+	a = r.start(t, "origin-a")
+	waitReady(t, a.eng)
+	b = r.start(t, "origin-b")
+	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
+	r.seed(t)
+	return a, b
+}
+
 // rescanners starts a new Rescanner (as a starting origin does) for version on each origin.
 func rescanners(t *testing.T, version uint64, os ...*origin) []*Rescanner {
 	t.Helper()
@@ -218,11 +231,7 @@ func (r *rescanRig) evaluatedEach(t *testing.T, rules *countingRules, want int) 
 func TestTwoOriginsRescanEachProfileOnce(t *testing.T) {
 	r := newRescanRig(t)
 	P := r.n.Topology.Partitions
-	a := r.start(t, "origin-a")
-	waitReady(t, a.eng)
-	b := r.start(t, "origin-b")
-	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
-	r.seed(t)
+	a, b := r.twoOrigins(t)
 
 	v8 := r.load(t, 8)
 	rs := rescanners(t, 8, a, b)
@@ -239,11 +248,7 @@ func TestTwoOriginsRescanEachProfileOnce(t *testing.T) {
 func TestRescanMarkersSayWhatIsLeftAfterARestart(t *testing.T) {
 	r := newRescanRig(t)
 	P := r.n.Topology.Partitions
-	a := r.start(t, "origin-a")
-	waitReady(t, a.eng)
-	b := r.start(t, "origin-b")
-	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
-	r.seed(t)
+	a, b := r.twoOrigins(t)
 
 	for _, step := range []struct {
 		name    string
@@ -274,11 +279,7 @@ func TestRescanMarkersSayWhatIsLeftAfterARestart(t *testing.T) {
 func TestPartitionTakenLaterIsRescanned(t *testing.T) {
 	r := newRescanRig(t)
 	P := r.n.Topology.Partitions
-	a := r.start(t, "origin-a")
-	waitReady(t, a.eng)
-	b := r.start(t, "origin-b")
-	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
-	r.seed(t)
+	a, b := r.twoOrigins(t)
 	var ofB []string // the users of b's partitions
 	for _, u := range r.users {
 		if slices.Contains(b.eng.Held(), event.Partition(u, P)) {
@@ -382,11 +383,7 @@ func TestUnreadableMarkerMeansRescan(t *testing.T) {
 func TestRescanProgressIsTheSameFromEveryOrigin(t *testing.T) {
 	r := newRescanRig(t)
 	P := r.n.Topology.Partitions
-	a := r.start(t, "origin-a")
-	waitReady(t, a.eng)
-	b := r.start(t, "origin-b")
-	waitHeld(t, P, 3*testLeaseTTL, []*origin{a, b}, P/2, P/2)
-	r.seed(t)
+	a, b := r.twoOrigins(t)
 
 	r.load(t, 8)
 	rs := rescanners(t, 8, a, b)
