@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segedge/segedge/core/delta"
 )
 
 // Record is what was last published for a user.
@@ -25,6 +27,13 @@ type Record struct {
 	// Thresholds are the threshold triggers whose condition held at that version (sorted); the
 	// engine fires one when its name appears here (origin/trigger).
 	Thresholds []string `json:"t,omitempty"`
+	// Features are the values of the ruleset's edge features that the user's replica on an edge
+	// holds at Version: the engine publishes in the next delta only those that differ. They mean
+	// something only when FeaturesKnown is set: a record written before features were recorded,
+	// or after a delta that was left out because DELTAS already held that version (its features
+	// may differ from what was computed this time), has none, and the next delta carries them all.
+	Features      []delta.FeatureValue `json:"f,omitempty"`
+	FeaturesKnown bool                 `json:"fk,omitempty"`
 }
 
 // Batcher is implemented by stores that read and write many records in one round trip; the
