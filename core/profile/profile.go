@@ -301,9 +301,18 @@ func (p *Profile) window(typ, prop string, w time.Duration, now time.Time) float
 	return total
 }
 
-// NextExpiry returns the earliest time after now at which a windowed count or sum of spec will
-// change with no new event — when the oldest counted bucket leaves its window — so the origin
-// can re-evaluate time-based segment exits then. false: nothing will expire.
+// NextExpiry returns the earliest time after now at which a feature of spec changes with no
+// new event in a way a rule can notice, so the origin can re-evaluate time-based segment
+// changes then. false: nothing will change.
+//
+//   - a windowed count or sum changes when the oldest counted bucket leaves its window;
+//   - since(type) reaches a mark k (Spec.SinceMarks) at last + k s: Value is whole seconds, so
+//     evaluated at that instant it is already k;
+//   - score(name) crosses a mark M (Spec.ScoreMarks) when its magnitude falls below |M|. The
+//     instant returned is the first millisecond at which Value is strictly nearer 0 than M,
+//     so rules on either side of M (> M, >= M, < M, <= M) have turned by then.
+//
+// NextExpiry does not allocate: the engine calls it after every evaluation.
 func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 	if spec == nil {
 		return time.Time{}, false
@@ -311,6 +320,11 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 	var best int64
 	found := false
 	nowMs := now.UnixMilli()
+	consider := func(at int64) {
+		if at > nowMs && (!found || at < best) {
+			best, found = at, true
+		}
+	}
 	check := func(typ, prop string, windows []time.Duration) {
 		for _, w := range windows {
 			if w <= 0 {
@@ -328,10 +342,7 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 					continue
 				}
 				// The bucket stops overlapping the window when now-w reaches its end.
-				at := (b.Idx+1)*res + wMs
-				if at > nowMs && (!found || at < best) {
-					best, found = at, true
-				}
+				consider((b.Idx+1)*res + wMs)
 				break
 			}
 		}
@@ -342,10 +353,71 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 	for k, windows := range spec.Sums {
 		check(k.Type, k.Prop, windows)
 	}
+	for typ, marks := range spec.SinceMarks {
+		last, ok := p.LastSeen[typ]
+		if !ok {
+			continue
+		}
+		lastMs := last.UnixMilli()
+		for _, k := range marks { // ascending: the first one ahead is this type's earliest
+			if at := lastMs + k*1000; at > nowMs {
+				consider(at)
+				break
+			}
+		}
+	}
+	for name, marks := range spec.ScoreMarks {
+		sc, ok := p.Scores[name]
+		if !ok {
+			continue
+		}
+		// The score decays towards 0, so the marks it crosses come in order from the one
+		// nearest its value to the one nearest 0: the first still ahead is this score's
+		// earliest (one logarithm in the common case, right after an event).
+		if sc.Value > 0 {
+			for i := len(marks) - 1; i >= 0 && marks[i] > 0; i-- {
+				if at, ok := scoreCrossing(sc, marks[i]); ok && at > nowMs {
+					consider(at)
+					break
+				}
+			}
+		} else {
+			for i := 0; i < len(marks) && marks[i] < 0; i++ {
+				if at, ok := scoreCrossing(sc, marks[i]); ok && at > nowMs {
+					consider(at)
+					break
+				}
+			}
+		}
+	}
 	if !found {
 		return time.Time{}, false
 	}
 	return time.UnixMilli(best).UTC(), true
+}
+
+// scoreCrossing returns the first Unix millisecond at which sc, decaying with no new event, is
+// strictly nearer 0 than mark m; false when it never crosses m (m of the other sign, or not
+// nearer 0 than the stored value). The closed form AsOf + halfLife·log2(v0/m) is rounded to a
+// whole millisecond past the crossing and then checked with decay itself, the function Value
+// reads the score with, so floating-point rounding cannot schedule it a millisecond early.
+func scoreCrossing(sc Score, m float64) (int64, bool) {
+	v0 := sc.Value
+	if sc.HalfLife <= 0 || !(math.Abs(m) < math.Abs(v0)) || (m < 0) != (v0 < 0) || m == 0 {
+		return 0, false
+	}
+	d := math.Floor(float64(sc.HalfLife.Milliseconds())*math.Log2(v0/m)) + 1
+	if !(d < float64(math.MaxInt64/int64(time.Millisecond))/2) {
+		return 0, false // beyond any time.Time the engine can schedule
+	}
+	dMs := int64(d)
+	for range 3 {
+		if math.Abs(v0*decay(time.Duration(dMs)*time.Millisecond, sc.HalfLife)) < math.Abs(m) {
+			return sc.AsOf.UnixMilli() + dMs, true
+		}
+		dMs++
+	}
+	return 0, false
 }
 
 // With returns the profile p becomes after u, equal to what p.Clone() then Apply(u) gives, but

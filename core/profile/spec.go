@@ -2,6 +2,7 @@ package profile
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,14 +67,39 @@ type Spec struct {
 	Counts map[string][]time.Duration
 	Sums   map[SumKey][]time.Duration
 	Scores map[string]ScoreSpec
+	// SinceMarks and ScoreMarks are the time marks NextExpiry schedules re-evaluations at (see
+	// Marks), sorted and without duplicates.
+	SinceMarks map[string][]int64
+	ScoreMarks map[string][]float64
 
 	once  sync.Once
 	plans map[string]*typePlan
 }
 
+// Marks are the values of since() and score() at which a segment rule can change its answer
+// with no new event: the constants rules compare them with (rules.Manifest.TimeMarks lists
+// them). NextExpiry returns the instant a profile's value reaches one, so the origin re-evaluates
+// the user then, as it does when a window drops an event.
+//
+//   - Since: event type → whole seconds k since the type's last event such that some rule's
+//     comparison answers differently at since() = k than at k−1 (since("page_view") < 3600 and
+//     >= 3600 give 3600; <= 3600 and > 3600 give 3601). The value reaches k at last + k s.
+//   - Score: score name → the constants M the score is compared with. A score decays towards 0,
+//     so it crosses M once, when |value| falls below |M| (M of the value's sign, nearer 0).
+type Marks struct {
+	Since map[string][]int64
+	Score map[string][]float64
+}
+
+// maxSinceMark is the largest since() mark, in seconds: the longest time.Duration.
+const maxSinceMark = math.MaxInt64 / int64(time.Second)
+
 // NewSpec builds the Spec for a set of features and the configured scores. A score feature
 // must name one of scores; a score feature without one is an error, as is a non-positive window or half-life.
-func NewSpec(features []Feature, scores map[string]ScoreSpec) (*Spec, error) {
+// marks (their union, when several) are the time marks NextExpiry schedules; a since() mark
+// must be positive and at most maxSinceMark seconds, a score mark must name a configured score
+// and be finite and non-zero.
+func NewSpec(features []Feature, scores map[string]ScoreSpec, marks ...Marks) (*Spec, error) {
 	s := &Spec{Counts: map[string][]time.Duration{}, Sums: map[SumKey][]time.Duration{}, Scores: map[string]ScoreSpec{}}
 	for _, f := range features {
 		switch f.Kind {
@@ -105,6 +131,41 @@ func NewSpec(features []Feature, scores map[string]ScoreSpec) (*Spec, error) {
 			return nil, fmt.Errorf("score %q: half_life must be positive, got %s", name, sc.HalfLife)
 		}
 		s.Scores[name] = sc
+	}
+	for _, m := range marks {
+		for typ, ks := range m.Since {
+			for _, k := range ks {
+				if k <= 0 || k > maxSinceMark {
+					return nil, fmt.Errorf("since(%q): time mark %d s out of range (1..%d)", typ, k, maxSinceMark)
+				}
+				if s.SinceMarks == nil {
+					s.SinceMarks = map[string][]int64{}
+				}
+				s.SinceMarks[typ] = append(s.SinceMarks[typ], k)
+			}
+		}
+		for name, ms := range m.Score {
+			if _, ok := scores[name]; !ok && len(ms) > 0 {
+				return nil, fmt.Errorf("score(%q): time mark for a score that is not configured", name)
+			}
+			for _, v := range ms {
+				if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+					return nil, fmt.Errorf("score(%q): time mark %v is not a finite non-zero number", name, v)
+				}
+				if s.ScoreMarks == nil {
+					s.ScoreMarks = map[string][]float64{}
+				}
+				s.ScoreMarks[name] = append(s.ScoreMarks[name], v)
+			}
+		}
+	}
+	for typ, ks := range s.SinceMarks {
+		slices.Sort(ks)
+		s.SinceMarks[typ] = slices.Compact(ks)
+	}
+	for name, ms := range s.ScoreMarks {
+		slices.Sort(ms)
+		s.ScoreMarks[name] = slices.Compact(ms)
 	}
 	return s, nil
 }

@@ -3,7 +3,10 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
+	"time"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/ast"
@@ -543,6 +546,7 @@ func (c *compiler) analyse(e ast.Expr) error {
 			}
 		}
 	}
+	c.timeMark(call)
 	if call.IsMemberFunction() {
 		if err := c.analyse(call.Target()); err != nil {
 			return err
@@ -554,6 +558,91 @@ func (c *compiler) analyse(e ast.Expr) error {
 		}
 	}
 	return nil
+}
+
+// mirrored is the comparison with its operands swapped: 5 < since(t) is since(t) > 5.
+var mirrored = map[string]string{
+	operators.Less: operators.Greater, operators.LessEquals: operators.GreaterEquals,
+	operators.Greater: operators.Less, operators.GreaterEquals: operators.LessEquals,
+	operators.Equals: operators.Equals, operators.NotEquals: operators.NotEquals,
+}
+
+// timeMark records the time mark of a comparison of since() or score() with a numeric literal
+// (see Manifest.TimeMarks); any other call records nothing.
+func (c *compiler) timeMark(call ast.CallExpr) {
+	op := call.FunctionName()
+	args := call.Args()
+	if _, cmp := mirrored[op]; !cmp || len(args) != 2 {
+		return
+	}
+	for i := range 2 {
+		x, ok := numberLit(args[1-i])
+		if !ok || args[i].Kind() != ast.CallKind {
+			continue
+		}
+		if fn := args[i].AsCall().FunctionName(); fn != fnSince && fn != fnScore {
+			continue
+		}
+		r, ok, err := c.vocab(args[i])
+		if err != nil || !ok || (r.fn != fnSince && r.fn != fnScore) {
+			continue
+		}
+		if i == 1 {
+			op = mirrored[op]
+		}
+		name := c.m.Inputs[r.slot].Feature.Name
+		if r.fn == fnScore {
+			if x != 0 && !math.IsInf(x, 0) && !math.IsNaN(x) {
+				c.m.ScoreMarks = addMark(c.m.ScoreMarks, name, x)
+			}
+			return
+		}
+		// since() is whole seconds: the comparison turns at the first whole k for which
+		// "since op x" differs from its answer at k-1.
+		var ks []float64
+		switch op {
+		case operators.Less, operators.GreaterEquals: // turns at since = x
+			ks = []float64{math.Ceil(x)}
+		case operators.LessEquals, operators.Greater: // turns just past x
+			ks = []float64{math.Floor(x) + 1}
+		default: // == and != (with an int: CEL has no int == double) turn at x and just past it
+			ks = []float64{x, x + 1}
+		}
+		for _, k := range ks {
+			if k >= 1 && k <= float64(maxSinceMark) {
+				c.m.SinceMarks = addMark(c.m.SinceMarks, name, int64(k))
+			}
+		}
+		return
+	}
+}
+
+// maxSinceMark is the largest since() mark profile.NewSpec accepts, in seconds.
+const maxSinceMark = math.MaxInt64 / int64(time.Second)
+
+// numberLit returns the value of an int or double literal (rules compare no uints).
+func numberLit(e ast.Expr) (float64, bool) {
+	if e.Kind() != ast.LiteralKind {
+		return 0, false
+	}
+	switch v := e.AsLiteral().(type) {
+	case types.Int:
+		return float64(v), true
+	case types.Double:
+		return float64(v), true
+	}
+	return 0, false
+}
+
+// addMark adds v to the sorted marks of name, once.
+func addMark[T int64 | float64](m map[string][]T, name string, v T) map[string][]T {
+	if m == nil {
+		m = map[string][]T{}
+	}
+	if i, found := slices.BinarySearch(m[name], v); !found {
+		m[name] = slices.Insert(m[name], i, v)
+	}
+	return m
 }
 
 func stringList(e ast.Expr) ([]string, bool) {

@@ -46,6 +46,11 @@ type Manifest struct {
 	Modules           []ModuleInfo `json:"modules,omitempty"`
 	GeneratedSegments int          `json:"generated_segments,omitempty"`
 	GeneratedInputs   int          `json:"generated_inputs,omitempty"`
+	// SinceMarks and ScoreMarks are the time marks of since() and score(): the values at which
+	// a rule's answer can change with no new event (see TimeMarks). Manifests stored before
+	// they existed have none, and their rulesets change memberships at events only.
+	SinceMarks map[string][]int64   `json:"since_marks,omitempty"` // event type → seconds
+	ScoreMarks map[string][]float64 `json:"score_marks,omitempty"` // score name → value
 }
 
 // SegmentInfo is one segment of a ruleset.
@@ -143,6 +148,18 @@ func (m *Manifest) Features() []profile.Feature {
 		}
 	}
 	return fs
+}
+
+// TimeMarks returns the time marks of the rules (for profile.NewSpec), so the origin
+// re-evaluates a user when since() or score() crosses one. The compiler records a mark for each
+// comparison (<, <=, >, >=, ==, !=, either side, anywhere in a rule) of since("type") or
+// score("name") with an int or double literal: for since(), the whole seconds at which the
+// comparison's answer turns (see profile.Marks); for score(), the literal. Nothing is recorded
+// for any other use — arithmetic (since("a") / 60 < 5), a comparison with another feature or a
+// request field, since("a") in [...] — nor for what hand-written modules read: such
+// memberships still change only when the user's next event (or another due time) is evaluated.
+func (m *Manifest) TimeMarks() profile.Marks {
+	return profile.Marks{Since: m.SinceMarks, Score: m.ScoreMarks}
 }
 
 // Segment returns the bit of a segment by name, or -1.

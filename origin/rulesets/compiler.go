@@ -134,7 +134,7 @@ func LoadVersion(ctx context.Context, rt *wasm.Runtime, sv *rulestore.Version) (
 	if err != nil {
 		return nil, err
 	}
-	spec, err := profile.NewSpec(m.Features(), m.ScoreSpecs())
+	spec, err := profile.NewSpec(m.Features(), m.ScoreSpecs(), m.TimeMarks())
 	if err != nil {
 		ev.Close()
 		return nil, fmt.Errorf("ruleset %d: %w", version, err)

@@ -57,7 +57,7 @@ func compileThresholds(f *rules.File, ts []Trigger) (*thresholds, error) {
 	if err != nil {
 		return nil, fmt.Errorf("threshold triggers: %w", err)
 	}
-	spec, err := profile.NewSpec(man.Features(), man.ScoreSpecs())
+	spec, err := profile.NewSpec(man.Features(), man.ScoreSpecs(), man.TimeMarks())
 	if err != nil {
 		return nil, fmt.Errorf("threshold triggers: %w", err)
 	}
