@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,7 +19,8 @@ import (
 )
 
 // stores are where the origin keeps state: profiles, last published memberships, due times.
-// All three live in Redis when REDIS_URL is set, else in memory.
+// All three live in Redis when REDIS_URL is set (one server, or a Redis Cluster with
+// redis+cluster://host:port,host:port,…), else in memory.
 type stores struct {
 	profiles store.Store
 	members  members.Store
@@ -41,17 +43,20 @@ func openStores(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 			close:    func() {},
 		}, nil
 	}
-	opt, err := goredis.ParseURL(cfg.RedisURL)
+	// One client for the three parts: a *goredis.Client for one server, a *goredis.ClusterClient
+	// for redis+cluster://, which sends each command to the master of its key's slot.
+	opt, err := redisstore.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL %q: %w", cfg.RedisURL, err)
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
-	rdb := goredis.NewClient(opt)
+	opt.SetTimeouts(2*time.Second, 2*time.Second, 2*time.Second)
+	rdb := opt.NewClient()
+	addrs := strings.Join(opt.Addrs(), ",")
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
+	if err := pingRedis(pctx, rdb); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("connect to Redis at %s: %w", opt.Addr, err)
+		return nil, fmt.Errorf("connect to Redis at %s: %w", addrs, err)
 	}
 	prefix := cfg.RedisPrefix
 	ps, err := redisstore.New(rdb, prefix, opts)
@@ -59,15 +64,30 @@ func openStores(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		rdb.Close()
 		return nil, fmt.Errorf("profile store: %w", err)
 	}
-	ready.Add("store", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	ready.Add("store", func(ctx context.Context) error { return pingRedis(ctx, rdb) })
 	registerCacheMetrics(reg, ps)
-	log.Info("profile store: redis", "addr", opt.Addr, "profile_cache", cfg.ProfileCache)
+	log.Info("profile store: redis", "addr", addrs, "cluster", opt.Cluster != nil, "profile_cache", cfg.ProfileCache)
 	return &stores{
 		profiles: store.Instrument(ps, m),
 		members:  members.NewRedis(rdb, prefix, cfg.Retention),
 		schedule: schedule.NewRedis(rdb, prefix),
 		close:    func() { ps.Close(); rdb.Close() },
 	}, nil
+}
+
+// pingRedis checks that Redis answers: the server, or every master of a cluster (a master that
+// does not answer fails the users of its slots, so the origin is not ready without it).
+func pingRedis(ctx context.Context, c goredis.UniversalClient) error {
+	cc, ok := c.(*goredis.ClusterClient)
+	if !ok {
+		return c.Ping(ctx).Err()
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
+		if err := m.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("master %s: %w", m.Options().Addr, err)
+		}
+		return nil
+	})
 }
 
 // registerCacheMetrics exports the Redis store's profile cache counts.

@@ -76,24 +76,15 @@ func New(c goredis.UniversalClient, prefix string, opts store.Options) (*Store, 
 	return &Store{c: c, prefix: prefix, opts: opts, users: newUsers(opts.CacheProfiles)}, nil
 }
 
-// Open connects to the Redis at url (redis://, rediss://, or redis-cluster-style comma-separated
-// addresses via goredis.ParseClusterURL when the scheme is "redis+cluster") and returns a store
-// that closes the client on Close.
+// Open connects to the Redis at url (one server, or a Redis Cluster as
+// redis+cluster://host:port,host:port,…; see ParseURL) and returns a store that closes the
+// client on Close.
 func Open(ctx context.Context, url, prefix string, opts store.Options) (*Store, error) {
-	var c goredis.UniversalClient
-	if rest, ok := strings.CutPrefix(url, "redis+cluster://"); ok {
-		o, err := goredis.ParseClusterURL("redis://" + rest)
-		if err != nil {
-			return nil, fmt.Errorf("redis store: parse %q: %w", url, err)
-		}
-		c = goredis.NewClusterClient(o)
-	} else {
-		o, err := goredis.ParseURL(url)
-		if err != nil {
-			return nil, fmt.Errorf("redis store: parse %q: %w", url, err)
-		}
-		c = goredis.NewClient(o)
+	o, err := ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis store: %w", err)
 	}
+	c := o.NewClient()
 	if err := c.Ping(ctx).Err(); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("redis store: ping: %w", err)
