@@ -17,7 +17,6 @@ import (
 	"github.com/segedge/segedge/core/ops"
 	"github.com/segedge/segedge/core/testenv"
 	"github.com/segedge/segedge/origin/members"
-	"github.com/segedge/segedge/origin/schedule"
 	"github.com/segedge/segedge/origin/store/storetest"
 )
 
@@ -128,7 +127,6 @@ func TestStoresOnRedisAndCluster(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var _ schedule.Schedule = st.schedule
 
 			// Everything landed in the Redis the URL named.
 			for _, u := range users {
