@@ -90,7 +90,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, config.CheckAddr("SEGEDGE_NATS_EMBED_ADDR", c.NATSEmbedAddr))
 	}
 	if c.RedisURL != "" {
-		errs = append(errs, config.CheckURL("REDIS_URL", c.RedisURL, "redis", "rediss", "unix"))
+		errs = append(errs, config.CheckURL("REDIS_URL", c.RedisURL, "redis", "rediss", "unix", "redis+cluster", "rediss+cluster"))
 	}
 	if c.WebhookAttempts < 1 || c.WebhookBackoff <= 0 {
 		errs = append(errs, fmt.Errorf("SEGEDGE_WEBHOOK_ATTEMPTS %d, SEGEDGE_WEBHOOK_BACKOFF %s: want at least 1 and a positive duration", c.WebhookAttempts, c.WebhookBackoff))
