@@ -223,6 +223,14 @@ func appendDelta(b []byte, d *Delta) ([]byte, error) {
 		}
 		b = append(b, ']')
 	}
+	if d.Base != 0 {
+		b = append(b, `,"base":`...)
+		b = strconv.AppendUint(b, d.Base, 10)
+	}
+	if len(d.Gone) > 0 {
+		b = append(b, `,"gone":`...)
+		b = appendStrings(b, d.Gone)
+	}
 	if d.Erased {
 		b = append(b, `,"erased":true`...)
 	}

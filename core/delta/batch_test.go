@@ -29,6 +29,9 @@ func sampleDeltas() []*Delta {
 		{UserID: "u2", Version: 1, Ruleset: 3, Cause: CauseExpiry, Members: []string{}, Exited: []string{"a"}, Due: 1700000001000},
 		{UserID: "u1", Version: 8, Ruleset: 4, Cause: CauseRuleset, Members: nil},
 		{UserID: "ü/😀", Version: 2, Cause: CauseErase, Members: []string{}, Erased: true},
+		{UserID: "u1", Version: 9, Ruleset: 4, Cause: CauseEvent, Members: []string{"a"}, Base: 8,
+			Features: []FeatureValue{{Key: "score:engagement", Value: profile.DoubleValue(90)}},
+			Gone:     []string{"trait:plan", "trait:\"odd\""}, AcceptedAt: 1700000002000},
 	}
 }
 
@@ -132,10 +135,11 @@ func TestDecodeBatchRejectsUnreadableMessages(t *testing.T) {
 }
 
 func TestDecodeBatchLeavesOutDeltasAnEdgeCannotUse(t *testing.T) {
-	ds, err := DecodeBatch([]byte(`[{"user_id":"a","version":1},{"version":2},{"user_id":"b","version":0},{"user_id":"c","version":3}]`))
+	ds, err := DecodeBatch([]byte(`[{"user_id":"a","version":1},{"version":2},{"user_id":"b","version":0},` +
+		`{"user_id":"d","version":4,"base":4},{"user_id":"e","version":4,"gone":["trait:x"]},{"user_id":"c","version":3,"base":2}]`))
 	var berr *BatchError
-	if !errors.As(err, &berr) || berr.Skipped != 2 {
-		t.Fatalf("err = %v, want a BatchError with 2 left out", err)
+	if !errors.As(err, &berr) || berr.Skipped != 4 {
+		t.Fatalf("err = %v, want a BatchError with 4 left out (no user, version 0, base not before version, gone without base)", err)
 	}
 	if len(ds) != 2 || ds[0].UserID != "a" || ds[1].UserID != "c" {
 		t.Fatalf("kept %+v, want a and c in order", ds)

@@ -2,8 +2,10 @@
 // the stream DELTAS (subject seg.deltas.<partition of the user>) and applied by every edge.
 //
 // A delta carries the user's whole profile-scoped membership after the change, not only what
-// entered and exited, so an edge that missed earlier deltas (a new edge, a trimmed stream) is
-// right after the next one. Version increases strictly per user: an edge drops a delta whose
+// entered and exited, so an edge that missed earlier deltas (a new edge, a trimmed stream) has
+// the right memberships after the next one. Features, the profile values request-scoped rules
+// read at the edge, travel whole in a user's first delta and only when changed afterwards (Base):
+// an edge that missed the earlier deltas asks the origin for the rest. Version increases strictly per user: an edge drops a delta whose
 // version is not newer than what it holds, which makes redelivery and reordering harmless.
 package delta
 
@@ -39,8 +41,18 @@ type Delta struct {
 	Members []string `json:"members"`
 	Entered []string `json:"entered,omitempty"`
 	Exited  []string `json:"exited,omitempty"`
-	// Features are the profile values that request-scoped rules read at the edge.
+	// Features are the profile values that request-scoped rules read at the edge: all of them
+	// (Base 0), or only those that changed since version Base.
 	Features []FeatureValue `json:"features,omitempty"`
+	// Base, when not 0, is the user's version that Features are relative to (the one before
+	// Version): features not listed, and not in Gone, have the value they had at Base. An edge
+	// that holds exactly version Base merges; one that holds less knows the memberships but not
+	// every feature, and asks the origin for the user when a request needs them. Most events
+	// change one or two features of many, and an event that changes none of them and no
+	// membership publishes no delta at all.
+	Base uint64 `json:"base,omitempty"`
+	// Gone are the feature keys that had a value at Base and have none now (a trait removed).
+	Gone []string `json:"gone,omitempty"`
 	// Erased: the profile is gone; the edge forgets the user.
 	Erased bool `json:"erased,omitempty"`
 	// AcceptedAt is when the event that caused this delta was accepted (Unix ms), so the edge can
@@ -234,8 +246,17 @@ func (d *Delta) check() error {
 	if d.Version == 0 {
 		return errors.New("version 0")
 	}
+	if d.Base >= d.Version {
+		return fmt.Errorf("base %d is not before version %d", d.Base, d.Version)
+	}
+	if len(d.Gone) > 0 && d.Base == 0 {
+		return errors.New("gone features without a base")
+	}
 	return nil
 }
+
+// Partial reports whether d's features are relative to an earlier version (Base).
+func (d *Delta) Partial() bool { return d.Base != 0 }
 
 // MsgID is the JetStream message id of a delta, so a republish after a crash is dropped by
 // JetStream's duplicate window.

@@ -40,15 +40,23 @@ import (
 // small because a replica holds millions: 48 bytes plus one packed slice, segment names and
 // feature keys as interned 16-bit ids.
 type Entry struct {
-	Version   uint64
-	AsOf      uint32 // Unix seconds when this entry was applied
-	nMembers  uint16
-	nFeatures uint16
+	Version  uint64
+	AsOf     uint32 // Unix seconds when this entry was applied
+	nMembers uint16
+	flags    uint16 // entryIncomplete
 	// data packs the member ids, four to a word, then two words per feature:
 	// key<<8|kind, and the value bits (bool 0/1, int64, float64 bits, or an index into strs).
 	data []uint64
 	strs *[]string // string feature values; nil for most users
 }
+
+// entryIncomplete marks an entry built from a partial delta (core/delta Base) relative to a
+// version the replica did not hold: its memberships are right, but features the delta did not
+// list are missing. Lookup asks the origin for the whole user before using it.
+const entryIncomplete uint16 = 1
+
+// Incomplete reports whether e lacks features it should have (see Lookup).
+func (e *Entry) Incomplete() bool { return e != nil && e.flags&entryIncomplete != 0 }
 
 // Fetcher asks the origin for a user the replica does not hold. It returns a delta-shaped
 // snapshot; a user the origin does not know is a nil delta and no error.
@@ -159,8 +167,9 @@ func (r *Replica) store(user string, e *Entry) (old *Entry, stored bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, found := s.m[user]
-	if found && cur.Version >= e.Version && e.Version != 0 {
-		return cur, false
+	if found && e.Version != 0 && (cur.Version > e.Version ||
+		cur.Version == e.Version && !(cur.Incomplete() && !e.Incomplete())) {
+		return cur, false // only a complete answer of the same version replaces an incomplete entry
 	}
 	if found && e.Version == 0 {
 		return cur, false // a "nobody knows this user" answer never replaces data
@@ -192,13 +201,16 @@ func (r *Replica) evict(s *shard) {
 
 // Lookup returns the user's entry, asking the origin once on a miss (concurrent misses for one
 // user share the look-up). A user nobody knows gets an empty entry, remembered, so the next
-// request does not ask again; a later delta replaces it.
+// request does not ask again; a later delta replaces it. An incomplete entry (a partial delta
+// that followed one this replica missed) is looked up the same way, and used as it is while the
+// origin cannot answer: its memberships are right.
 func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
-	if e, ok := r.Get(user); ok {
-		return e
+	held, ok := r.Get(user)
+	if ok && !held.Incomplete() {
+		return held
 	}
 	if r.cfg.Fetch == nil {
-		return nil
+		return held
 	}
 	v, err, _ := r.flight.Do(user, func() (any, error) {
 		fctx, cancel := context.WithTimeout(ctx, r.cfg.FetchTimeout)
@@ -213,7 +225,7 @@ func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
 			r.m.fetches.WithLabelValues("unknown").Inc()
 		} else {
 			r.m.fetches.WithLabelValues("found").Inc()
-			e = r.entry(d)
+			e = r.entry(d, nil)
 		}
 		if cur, stored := r.store(user, e); !stored {
 			return cur, nil // a delta arrived meanwhile: it wins
@@ -221,7 +233,7 @@ func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
 		return e, nil
 	})
 	if err != nil {
-		return nil // origin unreachable: treat as new, ask again next time
+		return held // origin unreachable: what is held, or a new user; ask again next time
 	}
 	return v.(*Entry)
 }
@@ -231,8 +243,7 @@ func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
 func (r *Replica) Apply(d *delta.Delta) bool {
 	// An erased user keeps an empty entry with the erasure's version, so an older delta still in
 	// flight cannot bring the data back.
-	next := r.entry(d)
-	old, applied := r.store(d.UserID, next)
+	old, next, applied := r.applyEntry(d)
 	if !applied {
 		r.m.stale.Inc()
 		return false
@@ -247,7 +258,54 @@ func (r *Replica) Apply(d *delta.Delta) bool {
 	return true
 }
 
-func (r *Replica) entry(d *delta.Delta) *Entry {
+// applyEntry stores the entry d makes of the user's: a whole delta's on its own, a partial
+// one's merged with the entry of the version it is relative to (or marked incomplete when the
+// replica holds another). The entry is built outside the shard's lock and stored only if the
+// shard still holds the entry it was built from; a fetch that stored meanwhile makes it retry.
+func (r *Replica) applyEntry(d *delta.Delta) (old, next *Entry, applied bool) {
+	for {
+		cur, found := r.Get(d.UserID)
+		if found && cur.Version >= d.Version {
+			return cur, nil, false
+		}
+		var base *Entry
+		if d.Partial() {
+			if found && cur.Version == d.Base {
+				base = cur
+				r.m.partial.WithLabelValues("merged").Inc()
+			} else {
+				r.m.partial.WithLabelValues("gap").Inc()
+			}
+		}
+		next = r.entry(d, base)
+		if d.Partial() && (base == nil || base.Incomplete()) {
+			next.flags |= entryIncomplete
+		}
+		if r.swap(d.UserID, cur, found, next) {
+			return cur, next, true
+		}
+	}
+}
+
+// swap stores next for user if the shard still holds cur (or nothing, when !found).
+func (r *Replica) swap(user string, cur *Entry, found bool, next *Entry) bool {
+	s := r.shard(user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now, ok := s.m[user]
+	if ok != found || now != cur {
+		return false
+	}
+	if !found && len(s.m) >= r.perShard {
+		r.evict(s)
+	}
+	s.m[user] = next
+	return true
+}
+
+// entry builds the entry of d; for a partial delta, base (if not nil) is the entry of version
+// d.Base, whose features d does not list or remove are carried over.
+func (r *Replica) entry(d *delta.Delta, base *Entry) *Entry {
 	e := &Entry{Version: d.Version, AsOf: uint32(time.Now().Unix())}
 	if d.Erased {
 		return e
@@ -259,7 +317,11 @@ func (r *Replica) entry(d *delta.Delta) *Entry {
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	mw := (len(ids) + 3) / 4
-	e.data = make([]uint64, mw, mw+2*len(d.Features))
+	nf := len(d.Features)
+	if base != nil {
+		nf += base.features()
+	}
+	e.data = make([]uint64, mw, mw+2*nf)
 	for i, id := range ids {
 		e.data[i/4] |= uint64(id) << (16 * (i % 4))
 	}
@@ -280,7 +342,6 @@ func (r *Replica) entry(d *delta.Delta) *Entry {
 			// rest are kept per entry, so a flood of distinct values cannot grow the table.
 			if id, ok := r.values.lookupOrAdd(f.Value.Str); ok {
 				e.data = append(e.data, uint64(r.names.id(f.Key))<<8|uint64(kindInterned), uint64(id))
-				e.nFeatures++
 				continue
 			}
 			if e.strs == nil {
@@ -292,9 +353,51 @@ func (r *Replica) entry(d *delta.Delta) *Entry {
 			continue
 		}
 		e.data = append(e.data, uint64(r.names.id(f.Key))<<8|uint64(f.Value.Kind), bits)
-		e.nFeatures++
+	}
+	if base != nil {
+		e.carry(base, d, mw, &r.names)
 	}
 	return e
+}
+
+// features is the number of features e holds.
+func (e *Entry) features() int { return (len(e.data) - (int(e.nMembers)+3)/4) / 2 }
+
+// carry appends to e (whose features start at word mw and are those d lists) the features of
+// base that d neither lists nor removes.
+func (e *Entry) carry(base *Entry, d *delta.Delta, mw int, keys *names) {
+	listed := e.data[mw:]
+	gone := make([]uint16, 0, len(d.Gone))
+	for _, k := range d.Gone {
+		if id, ok := keys.lookup(k); ok {
+			gone = append(gone, id)
+		}
+	}
+	for i := (int(base.nMembers) + 3) / 4; i+1 < len(base.data); i += 2 {
+		head, bits := base.data[i], base.data[i+1]
+		id := uint16(head >> 8)
+		if slices.Contains(gone, id) || hasKey(listed, id) {
+			continue
+		}
+		if profile.Kind(head&0xff) == profile.KindString {
+			if e.strs == nil {
+				e.strs = new([]string)
+			}
+			*e.strs = append(*e.strs, (*base.strs)[bits])
+			bits = uint64(len(*e.strs) - 1)
+		}
+		e.data = append(e.data, head, bits)
+	}
+}
+
+// hasKey reports whether the feature words fs (pairs of key<<8|kind, value) hold key id.
+func hasKey(fs []uint64, id uint16) bool {
+	for i := 0; i+1 < len(fs); i += 2 {
+		if uint16(fs[i]>>8) == id {
+			return true
+		}
+	}
+	return false
 }
 
 // member returns the i-th member id of e.
@@ -378,6 +481,14 @@ type names struct {
 	mu   sync.RWMutex
 	ids  map[string]uint16
 	list atomic.Pointer[[]string]
+}
+
+// lookup returns the id of s if it has one.
+func (n *names) lookup(s string) (uint16, bool) {
+	n.mu.RLock()
+	id, ok := n.ids[s]
+	n.mu.RUnlock()
+	return id, ok
 }
 
 func (n *names) id(s string) uint16 {
@@ -514,7 +625,7 @@ func (r *Replica) applyMessage(body []byte, h nats.Header) {
 
 type metrics struct {
 	applied, stale, bad, evicted prometheus.Counter
-	fetches                      *prometheus.CounterVec
+	fetches, partial             *prometheus.CounterVec
 	eventToEdge                  prometheus.Histogram
 	lag                          prometheus.Gauge
 }
@@ -530,12 +641,17 @@ func newMetrics(reg prometheus.Registerer, r *Replica) *metrics {
 			Name: "segedge_edge_event_to_replica_seconds", Help: "From an event accepted (at origin or edge) to its segment change applied in this edge's replica.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		partial: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_edge_replica_partial_deltas_total",
+			Help: "Deltas carrying only the features that changed, by result: merged into the version they follow, or gap (this edge did not hold that version: the user is looked up at the origin when a request needs the other features)."}, []string{"result"}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "segedge_edge_replica_lag_messages", Help: "Deltas in the stream not yet applied by this edge."}),
 	}
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segedge_edge_replica_users", Help: "Users held in the replica."}, func() float64 { return float64(r.Len()) })
 	for _, r := range []string{"found", "unknown", "error"} {
 		m.fetches.WithLabelValues(r) // every series from the start: docs/metrics.md, rate() and alerts see them
 	}
-	reg.MustRegister(m.applied, m.stale, m.bad, m.evicted, m.fetches, m.eventToEdge, m.lag, size)
+	for _, r := range []string{"merged", "gap"} {
+		m.partial.WithLabelValues(r)
+	}
+	reg.MustRegister(m.applied, m.stale, m.bad, m.evicted, m.fetches, m.partial, m.eventToEdge, m.lag, size)
 	return m
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -995,10 +996,10 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	thrChanged := !slices.Equal(prev.Thresholds, thr)
 	entered, exited := diff(prev.Members, segs)
 	changed := len(entered) > 0 || len(exited) > 0
-	quiet := !changed && len(crossed) == 0 &&
-		// Request-scoped rules at the edge read features; after an event they may have changed.
-		((!(cause == delta.CauseEvent && len(edgeFeatures) > 0) && prev.Version > 0) ||
-			(prev.Version == 0 && len(segs) == 0 && len(edgeFeatures) == 0)) // nothing any edge needs to know
+	feats := edgeValues(prof, edgeFeatures, now)
+	send, gone, partial, same := diffFeatures(prev, feats, cause == delta.CauseEvent)
+	// Quiet: every edge already knows all this, or there is nothing any edge needs to know.
+	quiet := !changed && len(crossed) == 0 && same && (prev.Version > 0 || len(segs) == 0)
 	if quiet {
 		if thrChanged { // a threshold turned false: remember it, nothing to publish
 			prev.Thresholds = thr
@@ -1013,10 +1014,9 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	if d.Members == nil {
 		d.Members = []string{}
 	}
-	for _, f := range edgeFeatures {
-		if v, ok := prof.Value(f, now); ok {
-			d.Features = append(d.Features, delta.FeatureValue{Key: delta.FeatureKey(f), Value: v})
-		}
+	d.Features, d.Gone = send, gone
+	if partial {
+		d.Base = prev.Version
 	}
 	b.deltas = append(b.deltas, d)
 	b.ctxs = append(b.ctxs, ctx)
@@ -1031,8 +1031,72 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 		}
 		b.crossed[d] = crossed
 	}
-	b.put(user, members.Record{Version: d.Version, Members: segs, Thresholds: thr})
+	b.put(user, members.Record{Version: d.Version, Members: segs, Thresholds: thr, Features: feats, FeaturesKnown: true})
 	return nil
+}
+
+// edgeValues returns the values of the edge features fs that prof has at now.
+func edgeValues(prof *profile.Profile, fs []profile.Feature, now time.Time) []delta.FeatureValue {
+	var out []delta.FeatureValue
+	for _, f := range fs {
+		if v, ok := prof.Value(f, now); ok {
+			out = append(out, delta.FeatureValue{Key: delta.FeatureKey(f), Value: v})
+		}
+	}
+	return out
+}
+
+// diffFeatures returns what the user's next delta carries of the edge features' values cur, and
+// whether an edge that followed the user's deltas already holds exactly cur (same). When those
+// edges hold prev.Features (prev.FeaturesKnown), the delta is partial: the values that differ,
+// and the keys that no longer have one. Otherwise it carries all of cur: a user's first delta,
+// the first after an erasure, and the first after a delta that may differ from what DELTAS holds.
+// A delta with no features at all is whole too (it says "none" as briefly).
+//
+// since() and a decayed score() change with time alone: an edge holds them as of the user's last
+// delta. Only an event makes their new values worth a delta (it resets or raises them); an
+// expiry or a new ruleset that changes nothing else leaves them as the edges hold them (same),
+// else every rescan would publish a delta for every user.
+func diffFeatures(prev members.Record, cur []delta.FeatureValue, event bool) (send []delta.FeatureValue, gone []string, partial, same bool) {
+	if prev.Version == 0 || !prev.FeaturesKnown {
+		return cur, nil, false, len(cur) == 0
+	}
+	same = true
+	for _, f := range cur {
+		i := featureIndex(prev.Features, f.Key)
+		if i >= 0 && prev.Features[i].Value == f.Value {
+			continue
+		}
+		send = append(send, f)
+		if event || i < 0 || !changesWithTime(f.Key) {
+			same = false
+		}
+	}
+	for _, f := range prev.Features {
+		if featureIndex(cur, f.Key) < 0 {
+			gone = append(gone, f.Key)
+		}
+	}
+	same = same && len(gone) == 0
+	if len(cur) == 0 {
+		return nil, nil, false, same
+	}
+	return send, gone, true, same
+}
+
+// changesWithTime reports whether the feature of wire key k changes with time alone.
+func changesWithTime(k string) bool {
+	return strings.HasPrefix(k, "since:") || strings.HasPrefix(k, "score:")
+}
+
+// featureIndex returns the index of key in fs, or -1; a ruleset has a handful of edge features.
+func featureIndex(fs []delta.FeatureValue, key string) int {
+	for i := range fs {
+		if fs[i].Key == key {
+			return i
+		}
+	}
+	return -1
 }
 
 func (b *batch) put(user string, r members.Record) {
@@ -1053,8 +1117,17 @@ func (b *batch) put(user string, r members.Record) {
 // deltas too, off the path from event to delta: a crash in between leaves the event
 // unacknowledged, and its redelivery writes them.
 func (e *Engine) flush(ctx context.Context, b *batch) error {
-	if err := e.publishAll(ctx, b.p, b.deltas, b.ctxs); err != nil {
+	left, err := e.publishAll(ctx, b.p, b.deltas, b.ctxs)
+	if err != nil {
 		return err
+	}
+	for _, d := range left {
+		// The edges hold DELTAS's computation of this version, not necessarily these features:
+		// the user's next delta carries them all.
+		if r, ok := b.recs[d.UserID]; ok && r.Version == d.Version {
+			r.Features, r.FeaturesKnown = nil, false
+			b.recs[d.UserID] = r
+		}
 	}
 	return e.record(ctx, b)
 }

@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		applyDur:        prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_profile_update_duration_seconds", Help: "Time to apply one event to the store.", Buckets: lat}),
 		ingestToProfile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_profile_seconds", Help: "From event accepted to profile updated.", Buckets: lat}),
 		ingestToDelta:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_ingest_to_delta_seconds", Help: "From event accepted to its delta published.", Buckets: lat}),
-		expiryLateness:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_expiry_lateness_seconds", Help: "From a windowed rule's due time to its delta published.", Buckets: lat}),
+		expiryLateness:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_expiry_lateness_seconds", Help: "From a time-based change's due time (a window passing, since() or a decayed score() crossing a rule's constant) to its delta published.", Buckets: lat}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_event_batch_size", Help: "Events a partition worker handled together (one store pipeline, one membership read and write).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}}),
 		deltaBatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "segedge_origin_delta_batch_size", Help: "Deltas in one DELTAS message (a partition worker's batch, split above 256 KiB).",

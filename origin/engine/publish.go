@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,10 +145,11 @@ func (e *Engine) forgetDeltaTail(p int) { e.tail.forget(p) }
 
 // publishAll publishes ds in order (ctxs[i] is the trace context of ds[i]'s cause) as one or a
 // few messages, without waiting for each ack, then waits for all of them. Deltas already on
-// DELTAS and not recorded (see deltaTail) are left out.
-func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs []context.Context) (err error) {
+// DELTAS and not recorded (see deltaTail) are left out and returned: DELTAS holds an earlier
+// computation of those versions, whose feature values may differ from these.
+func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs []context.Context) (left []*delta.Delta, err error) {
 	if len(ds) == 0 {
-		return nil
+		return nil, nil
 	}
 	spans := make([]oteltrace.Span, len(ds))
 	for i, d := range ds {
@@ -163,16 +165,21 @@ func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs 
 	send, known := e.tail.filter(p, ds)
 	if !known {
 		if err = e.readTail(ctx, p); err != nil {
-			return err
+			return nil, err
 		}
 		send, _ = e.tail.filter(p, ds)
 	}
 	if n := len(ds) - len(send); n > 0 {
 		e.cfg.Log.Info("deltas already on DELTAS not published again", "partition", p, "deltas", n)
+		for _, d := range ds {
+			if !slices.Contains(send, d) {
+				left = append(left, d)
+			}
+		}
 	}
 	batches, err := delta.EncodeBatches(send, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	acked := false
 	defer func() { e.tail.published(p, send, acked) }()
@@ -187,7 +194,7 @@ func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs 
 		if f, err = e.cfg.JS.PublishMsgAsync(msg); err != nil {
 			e.m.publishErrors.Inc()
 			err = fmt.Errorf("publish delta batch: %w", err)
-			return err
+			return nil, err
 		}
 		futs = append(futs, f)
 	}
@@ -200,14 +207,14 @@ func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs 
 		case perr := <-f.Err():
 			e.m.publishErrors.Inc()
 			err = fmt.Errorf("publish delta batch: %w", perr)
-			return err
+			return nil, err
 		case <-timer.C:
 			e.m.publishErrors.Inc()
 			err = errors.New("publish delta batch: no ack from JetStream within 5s")
-			return err
+			return nil, err
 		case <-ctx.Done():
 			err = fmt.Errorf("publish delta batch: %w", ctx.Err())
-			return err
+			return nil, err
 		}
 	}
 	acked = true
@@ -216,13 +223,7 @@ func (e *Engine) publishAll(ctx context.Context, p int, ds []*delta.Delta, ctxs 
 	for _, d := range ds {
 		e.published(d)
 	}
-	return nil
-}
-
-// publish publishes one delta and waits for JetStream's ack; ctx carries the trace. The caller
-// writes the user's record itself; the delta stays pending in the tail until the user's next.
-func (e *Engine) publish(ctx context.Context, p int, d *delta.Delta) error {
-	return e.publishAll(ctx, p, []*delta.Delta{d}, []context.Context{ctx})
+	return left, nil
 }
 
 // published counts a stored delta.

@@ -50,6 +50,8 @@ func TestDeltaStampsReadsBothFormatsOfTheOrigin(t *testing.T) {
 		originDelta("lg1-u2", 7, 1700000000002),
 		{UserID: "lg1-u3", Version: 2, Cause: delta.CauseExpiry, Due: 1700000000009}, // no accepted_at
 		originDelta("lg1-\"quoted\"\n\u2028é", 3, 1700000000003),                     // escapes in the id
+		{UserID: "lg1-u4", Version: 5, Base: 4, Gone: []string{"trait:plan"}, AcceptedAt: 1700000000005, // a partial delta
+			Features: []delta.FeatureValue{{Key: "count:page_view:720h0m0s", Value: profile.IntValue(4)}}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +67,7 @@ func TestDeltaStampsReadsBothFormatsOfTheOrigin(t *testing.T) {
 	}{
 		{"format 1: a batch of deltas", string(batch), []stamp{
 			{"lg1-u1", 1700000000001}, {"lg1-u2", 1700000000002}, {"lg1-u3", 0}, {"lg1-\"quoted\"\n\u2028é", 1700000000003},
+			{"lg1-u4", 1700000000005},
 		}},
 		{"format 0: one delta", string(single), []stamp{{"lg1-u9", 1700000000004}}},
 		{"format 1, empty", "[]", []stamp{}},

@@ -122,19 +122,22 @@ func (o options) validate() error {
 // summary is the machine-readable result of a run (-json). Latencies are in milliseconds; a
 // negative value means not measured.
 type summary struct {
-	TargetRate      int     `json:"target_rate"`
-	OfferedPerSec   float64 `json:"offered_per_s"`
-	AcceptedPerSec  float64 `json:"accepted_per_s"`
-	Accepted        int64   `json:"accepted"`
-	Rejected        int64   `json:"rejected"`
-	Errors          int64   `json:"errors"`
-	HTTPP50         float64 `json:"http_p50_ms"`
-	HTTPP99         float64 `json:"http_p99_ms"`
-	SchedP99        float64 `json:"schedule_p99_ms"`
-	DeltaP50        float64 `json:"delta_p50_ms"`
-	DeltaP99        float64 `json:"delta_p99_ms"`
-	DeltaP999       float64 `json:"delta_p999_ms"`
-	Deltas          int     `json:"deltas"`
+	TargetRate     int     `json:"target_rate"`
+	OfferedPerSec  float64 `json:"offered_per_s"`
+	AcceptedPerSec float64 `json:"accepted_per_s"`
+	Accepted       int64   `json:"accepted"`
+	Rejected       int64   `json:"rejected"`
+	Errors         int64   `json:"errors"`
+	HTTPP50        float64 `json:"http_p50_ms"`
+	HTTPP99        float64 `json:"http_p99_ms"`
+	SchedP99       float64 `json:"schedule_p99_ms"`
+	DeltaP50       float64 `json:"delta_p50_ms"`
+	DeltaP99       float64 `json:"delta_p99_ms"`
+	DeltaP999      float64 `json:"delta_p999_ms"`
+	Deltas         int     `json:"deltas"`
+	// DeltaBytes is the average size of this run's DELTAS messages per delta they held (JSON
+	// bytes, the deltas of other users included if a message mixed them).
+	DeltaBytes      float64 `json:"delta_bytes_per_delta"`
 	ProfileP50      float64 `json:"profile_p50_ms"`
 	ProfileP99      float64 `json:"profile_p99_ms"`
 	ProfileP999     float64 `json:"profile_p999_ms"`
@@ -343,6 +346,10 @@ func run(ctx context.Context, o options, out io.Writer) (*summary, error) {
 		if deltaOther > 0 {
 			fmt.Fprintf(out, "; %d deltas of other users or causes ignored", deltaOther)
 		}
+		if deltas.held > 0 {
+			sum.DeltaBytes = float64(deltas.bytes) / float64(deltas.held)
+			fmt.Fprintf(out, "; %.0f bytes per delta on DELTAS", sum.DeltaBytes)
+		}
 		fmt.Fprintln(out)
 		if len(deltaLat) == 0 {
 			fmt.Fprintln(out, "  no deltas for this run's users: the origin publishes deltas only while a ruleset is active")
@@ -526,9 +533,12 @@ type deltaRecorder struct {
 	startMs int64  // deltas of events accepted before the run are not this run's
 	stamps  []deltaStamp
 
-	mu    sync.Mutex // guards lat and other, which the report reads
+	mu    sync.Mutex // guards lat, other and bytes, which the report reads
 	lat   latencies
 	other int // deltas of other users, causes or runs, and unreadable messages
+	// bytes and held: the body sizes of the messages that held deltas of this run, and how
+	// many deltas they held in all.
+	bytes, held int
 }
 
 func newDeltaRecorder(runID string, startMs int64) *deltaRecorder {
@@ -546,12 +556,18 @@ func (r *deltaRecorder) record(msg []byte, nowMs int64) {
 		r.other++
 		return
 	}
+	mine := false
 	for _, d := range r.stamps {
 		if d.AcceptedAt < r.startMs || !bytes.HasPrefix(d.UserID, r.prefix) {
 			r.other++
 			continue
 		}
+		mine = true
 		r.lat = append(r.lat, time.Duration(nowMs-d.AcceptedAt)*time.Millisecond)
+	}
+	if mine {
+		r.bytes += len(msg)
+		r.held += len(r.stamps)
 	}
 }
 
