@@ -210,20 +210,22 @@ done
 
 echo
 echo "== origin results (partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users, loadgen GOMAXPROCS $LOADGEN_GOMAXPROCS, origin GOMAXPROCS ${ORIGIN_GOMAXPROCS:-default}, NATS $NATS_URL${NATS_GOGC:+ (private, GOGC $NATS_GOGC)}, ruleset ${ORIGIN_RULES_FILE}${BASELINE_REF:+, base = $BASELINE_REF ($base_rev)})"
-printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s\n' \
-  build store step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p50 delta_p99 delta_p999 drain_s cpu_us/ev applied/s
+printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s %-9s %-7s\n' \
+  build store step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p50 delta_p99 delta_p999 drain_s cpu_us/ev applied/s deltas/ev B/delta
 while IFS=$'\t' read -r variant store kind load j; do
   over="$(echo "$j" | jq -r 'if .profile_p99_over then ">" else "" end')"
   drained="$(echo "$j" | jq -r 'if .drained then (.drain_s*10|round/10|tostring) else "no" end')"
-  printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s\n' \
+  printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s %-9s %-7s\n' \
     "$variant" "$store" "$kind" "$(echo "$j" | jq .target_rate)" "$load" "$(echo "$j" | jq '.accepted_per_s|round')" "$(echo "$j" | jq .rejected)" \
     "$(echo "$j" | fmt_ms http_p50_ms)" "$(echo "$j" | fmt_ms http_p99_ms)" \
     "$(echo "$j" | fmt_ms profile_p50_ms)" "$over$(echo "$j" | fmt_ms profile_p99_ms)" \
     "$(echo "$j" | fmt_ms delta_p50_ms)" "$(echo "$j" | fmt_ms delta_p99_ms)" "$(echo "$j" | fmt_ms delta_p999_ms)" "$drained" \
-    "$(echo "$j" | jq '.origin_cpu_us_per_event*10|round/10')" "$(echo "$j" | jq '.applied_per_s|round')"
+    "$(echo "$j" | jq '.origin_cpu_us_per_event*10|round/10')" "$(echo "$j" | jq '.applied_per_s|round')" \
+    "$(echo "$j" | jq 'if .accepted > 0 then (.deltas/.accepted*100|round/100) else 0 end')" "$(echo "$j" | jq '(.delta_bytes_per_delta // 0)|round')"
 done <"$results"
 echo "(ms; profile = ingest→profile from the origin's histogram, bucket-interpolated, '>' = above the top bucket;"
 echo " delta = ingest→delta measured by loadgen on DELTAS (1 ms resolution), '-' when no deltas flowed;"
+echo " deltas/ev = this run's deltas per accepted event; B/delta = DELTAS message bytes per delta they held;"
 echo " drain_s = seconds after the last send until every accepted event was applied, 'no' = not within 30 s;"
 echo " cpu_us/ev = the origin's CPU per accepted event, from its process_cpu_seconds_total;"
 echo " applied/s = events the origin applied per second over run and drain: its ceiling when a backlog formed)"
