@@ -567,7 +567,9 @@ func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 	// Where the stream stands now: once we reach it, we are caught up.
 	target := uint64(0)
 	if s, err := js.Stream(ctx, stream); err == nil {
-		if info, err := s.Info(ctx); err == nil {
+		if info, err := s.Info(ctx); err == nil && info.State.Msgs > 0 {
+			// A stream whose messages all expired or were purged keeps its last sequence: there
+			// is nothing to replay, and no message at that sequence will ever arrive.
 			target = info.State.LastSeq
 		}
 	}
@@ -596,7 +598,7 @@ func (r *Replica) Run(ctx context.Context, js jetstream.JetStream) error {
 		if meta != nil {
 			r.lastSeq.Store(meta.Sequence.Stream)
 			r.m.lag.Set(float64(meta.NumPending))
-			if !r.caught.Load() && meta.Sequence.Stream >= target {
+			if !r.caught.Load() && (meta.Sequence.Stream >= target || meta.NumPending == 0) {
 				r.caught.Store(true)
 				r.cfg.Log.Info("replica caught up", "users", r.Len(), "seq", meta.Sequence.Stream)
 			}

@@ -206,3 +206,29 @@ func TestFeatureValuesKeepTheirKind(t *testing.T) {
 		t.Errorf("members = %d", e.Members())
 	}
 }
+
+// A stream whose deltas all expired (DELTAS keeps a day) or were purged still has a last
+// sequence; a replica started on it has nothing to replay and is caught up at once, not when the
+// next delta arrives.
+func TestAReplicaOnAStreamWithNoMessagesLeftIsCaughtUp(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, n, &delta.Delta{UserID: "alice", Version: 1, Members: []string{"vip"}})
+	s, err := n.JS.Stream(ctx, n.Topology.DeltasStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Topology: n.Topology})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Run(ctx, n.JS)
+	eventually(t, "catch-up on an emptied stream", r.CaughtUp)
+}
