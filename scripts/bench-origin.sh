@@ -25,7 +25,9 @@
 # ORIGIN_GOMAXPROCS (empty: Go's default, the machine's cores or the container's CPU limit),
 # NATS_GOGC (empty: use NATS_URL; a number: start a private nats-server, NATS_BIN, with JetStream
 # in a temporary directory and that GOGC, and measure against it: nats-server's garbage
-# collector is a visible part of the ingest wait's tail on this box, see docs/bench/origin.md).
+# collector is a visible part of the ingest wait's tail on this box, see docs/bench/origin.md),
+# NATS_GOMAXPROCS (a number: start the private nats-server with that GOMAXPROCS; GOGC 100 unless
+# NATS_GOGC says otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,7 @@ cd "$(dirname "$0")/.."
 : "${LOADGEN_GOMAXPROCS:=1}"
 : "${ORIGIN_GOMAXPROCS:=}"
 : "${NATS_GOGC:=}"
+: "${NATS_GOMAXPROCS:=}"
 : "${NATS_BIN:=$(command -v nats-server || echo /usr/sbin/nats-server)}"
 work="$(mktemp -d)"
 
@@ -77,14 +80,15 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-if [[ -n "$NATS_GOGC" ]]; then
+if [[ -n "$NATS_GOGC$NATS_GOMAXPROCS" ]]; then
   port=$(( 20000 + RANDOM % 10000 ))
   mkdir -p "$work/nats"
-  GOGC="$NATS_GOGC" "$NATS_BIN" -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  env GOGC="${NATS_GOGC:-100}" ${NATS_GOMAXPROCS:+GOMAXPROCS=$NATS_GOMAXPROCS} \
+    "$NATS_BIN" -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
   private_nats_pid=$!
   NATS_URL="nats://127.0.0.1:$port"
   for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  echo "== private nats-server $("$NATS_BIN" --version 2>&1 | head -n1) at $NATS_URL with GOGC=$NATS_GOGC"
+  echo "== private nats-server $("$NATS_BIN" --version 2>&1 | head -n1) at $NATS_URL with GOGC=${NATS_GOGC:-100}${NATS_GOMAXPROCS:+ GOMAXPROCS=$NATS_GOMAXPROCS}"
 fi
 
 echo "== build"
@@ -209,7 +213,7 @@ done
 done
 
 echo
-echo "== origin results (partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users, loadgen GOMAXPROCS $LOADGEN_GOMAXPROCS, origin GOMAXPROCS ${ORIGIN_GOMAXPROCS:-default}, NATS $NATS_URL${NATS_GOGC:+ (private, GOGC $NATS_GOGC)}, ruleset ${ORIGIN_RULES_FILE}${BASELINE_REF:+, base = $BASELINE_REF ($base_rev)})"
+echo "== origin results (partitions ${SEGEDGE_PARTITIONS:-8}, batch $BATCH, $USERS users, loadgen GOMAXPROCS $LOADGEN_GOMAXPROCS, origin GOMAXPROCS ${ORIGIN_GOMAXPROCS:-default}, NATS $NATS_URL${NATS_GOGC:+ (private, GOGC $NATS_GOGC)}${NATS_GOMAXPROCS:+ (private, GOMAXPROCS $NATS_GOMAXPROCS)}, ruleset ${ORIGIN_RULES_FILE}${BASELINE_REF:+, base = $BASELINE_REF ($base_rev)})"
 printf '%-5s %-7s %-5s %-7s %-6s %-10s %-8s %-8s %-8s %-11s %-11s %-9s %-9s %-9s %-7s %-9s %-9s %-9s %-7s\n' \
   build store step target load accepted/s rejected http_p50 http_p99 profile_p50 profile_p99 delta_p50 delta_p99 delta_p999 drain_s cpu_us/ev applied/s deltas/ev B/delta
 while IFS=$'\t' read -r variant store kind load j; do
