@@ -220,3 +220,23 @@ func BenchmarkNextExpiry(b *testing.B) {
 		})
 	}
 }
+
+// A score standing exactly at a mark (one event of weight 80, a rule score >= 80) leaves it as
+// soon as it decays: 1 ms later.
+func TestAScoreExactlyAtAMarkIsDueAMillisecondLater(t *testing.T) {
+	scores := map[string]ScoreSpec{"engagement": {HalfLife: time.Hour, Weights: map[string]float64{"page_view": 80}}}
+	fs := []Feature{{Kind: FeatureScore, Name: "engagement"}}
+	spec, err := NewSpec(fs, scores, Marks{Score: map[string][]float64{"engagement": {80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.UnixMilli(1_700_000_000_000).UTC()
+	p := &Profile{UserID: "u", Scores: map[string]Score{"engagement": {Value: 80, AsOf: now, HalfLife: time.Hour}}}
+	at, ok := p.NextExpiry(spec, now)
+	if want := now.Add(time.Millisecond); !ok || !at.Equal(want) {
+		t.Fatalf("NextExpiry = %v, %v; want %v", at, ok, want)
+	}
+	if v, _ := p.Value(fs[0], at); !(v.Double < 80) {
+		t.Fatalf("at the due time the score is %v, not below the mark", v.Double)
+	}
+}

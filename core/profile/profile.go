@@ -397,13 +397,13 @@ func (p *Profile) NextExpiry(spec *Spec, now time.Time) (time.Time, bool) {
 }
 
 // scoreCrossing returns the first Unix millisecond at which sc, decaying with no new event, is
-// strictly nearer 0 than mark m; false when it never crosses m (m of the other sign, or not
-// nearer 0 than the stored value). The closed form AsOf + halfLife·log2(v0/m) is rounded to a
+// strictly nearer 0 than mark m; false when it never crosses m (m of the other sign, or
+// farther from 0 than the stored value; a score standing exactly at m crosses it 1 ms later). The closed form AsOf + halfLife·log2(v0/m) is rounded to a
 // whole millisecond past the crossing and then checked with decay itself, the function Value
 // reads the score with, so floating-point rounding cannot schedule it a millisecond early.
 func scoreCrossing(sc Score, m float64) (int64, bool) {
 	v0 := sc.Value
-	if sc.HalfLife <= 0 || !(math.Abs(m) < math.Abs(v0)) || (m < 0) != (v0 < 0) || m == 0 {
+	if sc.HalfLife <= 0 || !(math.Abs(m) <= math.Abs(v0)) || (m < 0) != (v0 < 0) || m == 0 {
 		return 0, false
 	}
 	d := math.Floor(float64(sc.HalfLife.Milliseconds())*math.Log2(v0/m)) + 1

@@ -109,13 +109,19 @@ func TestAPartialDeltaAfterAMissedOneLeavesTheEntryIncompleteUntilTheOriginAnswe
 	if e := r.Lookup(context.Background(), "u"); e == nil || e.Version != 4 || !e.Has(r.ID("a")) {
 		t.Fatalf("lookup with the origin down = %+v, want the held incomplete entry", e)
 	}
-	// The origin answers an older version (its record lags the delta): still incomplete, kept.
+	// For a moment after a failure, requests use what is held without asking again.
 	fail.Store(false)
+	if e := r.Lookup(context.Background(), "u"); e.Version != 4 || fetches.Load() != 1 {
+		t.Fatalf("lookup right after a failed one: entry %+v, %d fetches; want the held entry and no new fetch", e, fetches.Load())
+	}
+	// Then the origin is asked again. It answers an older version (its record lags the delta):
+	// still incomplete, kept.
+	r.fetchQuiet.Store(0) // the backoff has passed
 	if e := r.Lookup(context.Background(), "u"); e.Version != 4 || !e.Incomplete() {
 		t.Fatalf("an older answer replaced the entry: %+v", e)
 	}
 	if fetches.Load() != 2 {
-		t.Fatalf("%d fetches, want one per lookup of an incomplete entry", fetches.Load())
+		t.Fatalf("%d fetches, want one per lookup of an incomplete entry once the backoff passed", fetches.Load())
 	}
 }
 

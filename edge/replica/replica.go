@@ -58,6 +58,11 @@ const entryIncomplete uint16 = 1
 // Incomplete reports whether e lacks features it should have (see Lookup).
 func (e *Entry) Incomplete() bool { return e != nil && e.flags&entryIncomplete != 0 }
 
+// fetchBackoff is how long after a failed origin look-up the replica uses incomplete entries as
+// they are (their memberships are right) instead of asking again for every request. Misses still
+// ask: a user the replica does not hold at all has nothing better to go on.
+const fetchBackoff = time.Second
+
 // Fetcher asks the origin for a user the replica does not hold. It returns a delta-shaped
 // snapshot; a user the origin does not know is a nil delta and no error.
 type Fetcher func(ctx context.Context, user string) (*delta.Delta, error)
@@ -89,7 +94,10 @@ type Replica struct {
 	values   names // interned short string feature values
 	caught   atomic.Bool
 	lastSeq  atomic.Uint64
-	m        *metrics
+	// fetchQuiet: until then (Unix ns), incomplete entries are used as they are, without asking
+	// the origin, which failed a look-up fetchBackoff before.
+	fetchQuiet atomic.Int64
+	m          *metrics
 }
 
 const nShards = 64
@@ -212,12 +220,16 @@ func (r *Replica) Lookup(ctx context.Context, user string) *Entry {
 	if r.cfg.Fetch == nil {
 		return held
 	}
+	if ok && time.Now().UnixNano() < r.fetchQuiet.Load() {
+		return held // the origin failed a moment ago: spare it (and this request) another try
+	}
 	v, err, _ := r.flight.Do(user, func() (any, error) {
 		fctx, cancel := context.WithTimeout(ctx, r.cfg.FetchTimeout)
 		defer cancel()
 		d, err := r.cfg.Fetch(fctx, user)
 		if err != nil {
 			r.m.fetches.WithLabelValues("error").Inc()
+			r.fetchQuiet.Store(time.Now().Add(fetchBackoff).UnixNano())
 			return nil, err
 		}
 		e := &Entry{AsOf: uint32(time.Now().Unix())}
@@ -269,19 +281,21 @@ func (r *Replica) applyEntry(d *delta.Delta) (old, next *Entry, applied bool) {
 			return cur, nil, false
 		}
 		var base *Entry
-		if d.Partial() {
-			if found && cur.Version == d.Base {
-				base = cur
-				r.m.partial.WithLabelValues("merged").Inc()
-			} else {
-				r.m.partial.WithLabelValues("gap").Inc()
-			}
+		if d.Partial() && found && cur.Version == d.Base {
+			base = cur
 		}
 		next = r.entry(d, base)
 		if d.Partial() && (base == nil || base.Incomplete()) {
 			next.flags |= entryIncomplete
 		}
 		if r.swap(d.UserID, cur, found, next) {
+			if d.Partial() {
+				result := "merged"
+				if base == nil {
+					result = "gap"
+				}
+				r.m.partial.WithLabelValues(result).Inc()
+			}
 			return cur, next, true
 		}
 	}

@@ -152,6 +152,9 @@ type Engine struct {
 	empty *profile.Spec
 	// claims[p] is the partition's lease and worker while this origin holds it, else nil.
 	claims   []atomic.Pointer[claim]
+	// edgeKeys are the wire keys of the last ruleset's edge features, built once per ruleset
+	// instead of once per evaluation.
+	edgeKeys atomic.Pointer[edgeKeys]
 	leaseTTL atomic.Int64 // the lease bucket's TTL once open
 	ready    atomic.Bool  // the first lease round is done
 	running  atomic.Bool
@@ -853,6 +856,29 @@ type batch struct {
 	// in progress while flush retries writing the records.
 	cache *recordCache
 	keep  func()
+	// edge are the ruleset's edge features and their wire keys.
+	edge *edgeKeys
+}
+
+// edgeKeys are a ruleset's edge features and their wire keys (delta.FeatureKey).
+type edgeKeys struct {
+	features []profile.Feature
+	keys     []string
+}
+
+// edgeKeysOf returns the edge features of rules with their keys, built again only when the
+// features differ from the last ruleset's.
+func (e *Engine) edgeKeysOf(rules Rules) *edgeKeys {
+	fs := rules.EdgeFeatures()
+	if k := e.edgeKeys.Load(); k != nil && slices.Equal(k.features, fs) {
+		return k
+	}
+	k := &edgeKeys{features: fs}
+	for _, f := range k.features {
+		k.keys = append(k.keys, delta.FeatureKey(f))
+	}
+	e.edgeKeys.Store(k)
+	return k
 }
 
 // skips says whether the profile an event left (r) needs no evaluation: the event was applied
@@ -870,6 +896,7 @@ func (e *Engine) newBatch(p int) *batch {
 	}
 	b.spec = b.rules.Spec()
 	b.filter, _ = b.rules.(EventTypeFilter)
+	b.edge = e.edgeKeysOf(b.rules)
 	if th, ok := e.cfg.Triggers.(ThresholdSink); ok {
 		if spec := th.ThresholdSpec(); spec != nil {
 			b.th, b.spec = th, spec
@@ -958,7 +985,6 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	user := prof.UserID
 	now := e.cfg.Now()
 	version := rules.Version()
-	edgeFeatures := rules.EdgeFeatures()
 	_, espan := trace.Start(ctx, tracerName, "ruleset.evaluate", oteltrace.SpanKindInternal)
 	segs, err := rules.Segments(ctx, prof, now, nil)
 	traceEvaluated(espan, version, len(segs), err)
@@ -996,7 +1022,7 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	thrChanged := !slices.Equal(prev.Thresholds, thr)
 	entered, exited := diff(prev.Members, segs)
 	changed := len(entered) > 0 || len(exited) > 0
-	feats := edgeValues(prof, edgeFeatures, now)
+	feats := b.edge.values(prof, now)
 	send, gone, partial, same := diffFeatures(prev, feats, cause == delta.CauseEvent)
 	// Quiet: every edge already knows all this, or there is nothing any edge needs to know.
 	quiet := !changed && len(crossed) == 0 && same && (prev.Version > 0 || len(segs) == 0)
@@ -1013,6 +1039,9 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	}
 	if d.Members == nil {
 		d.Members = []string{}
+	}
+	if partial && d.Version%wholeEvery == 0 {
+		send, gone, partial = feats, nil, false
 	}
 	d.Features, d.Gone = send, gone
 	if partial {
@@ -1035,12 +1064,22 @@ func (e *Engine) evaluateProfile(ctx context.Context, b *batch, prof *profile.Pr
 	return nil
 }
 
-// edgeValues returns the values of the edge features fs that prof has at now.
-func edgeValues(prof *profile.Profile, fs []profile.Feature, now time.Time) []delta.FeatureValue {
-	var out []delta.FeatureValue
-	for _, f := range fs {
+// wholeEvery: every wholeEvery-th version of a user carries all the edge features, even when
+// the one before it is known. It bounds how long an edge can hold a wrong value in the cases
+// the diff cannot see: the same version computed twice with different values (publish.go's
+// "Left" case, two origins overlapping), or an edge that missed a delta while its origin look-up
+// failed.
+const wholeEvery = 16
+
+// values returns the values of the edge features that prof has at now.
+func (k *edgeKeys) values(prof *profile.Profile, now time.Time) []delta.FeatureValue {
+	if k == nil || len(k.features) == 0 {
+		return nil
+	}
+	out := make([]delta.FeatureValue, 0, len(k.features))
+	for i, f := range k.features {
 		if v, ok := prof.Value(f, now); ok {
-			out = append(out, delta.FeatureValue{Key: delta.FeatureKey(f), Value: v})
+			out = append(out, delta.FeatureValue{Key: k.keys[i], Value: v})
 		}
 	}
 	return out
@@ -1059,7 +1098,9 @@ func edgeValues(prof *profile.Profile, fs []profile.Feature, now time.Time) []de
 // else every rescan would publish a delta for every user.
 func diffFeatures(prev members.Record, cur []delta.FeatureValue, event bool) (send []delta.FeatureValue, gone []string, partial, same bool) {
 	if prev.Version == 0 || !prev.FeaturesKnown {
-		return cur, nil, false, len(cur) == 0
+		// Edges hold no features of a new user; of a known user whose features are not, they
+		// may hold anything: one whole delta, even of no features, says what they are.
+		return cur, nil, false, prev.Version == 0 && len(cur) == 0
 	}
 	same = true
 	for _, f := range cur {

@@ -9,6 +9,7 @@ import (
 	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/event"
 	"github.com/segedge/segedge/core/profile"
+	"github.com/segedge/segedge/origin/members"
 )
 
 // planRules reads two features at the edge, the trait "plan" and the add_to_cart count of the
@@ -193,5 +194,59 @@ func TestAScoreThatOnlyDecayedIsPublishedWithAnEventOrAnotherChangeOnly(t *testi
 	got := featureMap(d)
 	if d.Cause != delta.CauseExpiry || d.Version != 3 || d.Base != 2 || got[cartKey] != profile.IntValue(0) || got["score:engagement"].Kind != profile.KindDouble {
 		t.Fatalf("expiry delta %+v, want version 3 relative to 2 with the count at 0 and the score", d)
+	}
+}
+
+func TestDiffFeatures(t *testing.T) {
+	pro, two := delta.FeatureValue{Key: planKey, Value: profile.StringValue("pro")}, delta.FeatureValue{Key: cartKey, Value: profile.IntValue(2)}
+	team, three := delta.FeatureValue{Key: planKey, Value: profile.StringValue("team")}, delta.FeatureValue{Key: cartKey, Value: profile.IntValue(3)}
+	score := func(v float64) delta.FeatureValue {
+		return delta.FeatureValue{Key: "score:engagement", Value: profile.DoubleValue(v)}
+	}
+	known := func(v uint64, fs ...delta.FeatureValue) members.Record {
+		return members.Record{Version: v, Features: fs, FeaturesKnown: true}
+	}
+	for _, tc := range []struct {
+		name          string
+		prev          members.Record
+		cur           []delta.FeatureValue
+		event         bool
+		send          []delta.FeatureValue
+		gone          []string
+		partial, same bool
+	}{
+		{"a new user with features", members.Record{}, []delta.FeatureValue{pro}, true, []delta.FeatureValue{pro}, nil, false, false},
+		{"a new user without", members.Record{}, nil, true, nil, nil, false, true},
+		{"unknown features: whole, never the same", members.Record{Version: 6}, []delta.FeatureValue{pro}, false, []delta.FeatureValue{pro}, nil, false, false},
+		{"unknown features, none now: still not the same", members.Record{Version: 6}, nil, true, nil, nil, false, false},
+		{"nothing changed", known(3, pro, two), []delta.FeatureValue{pro, two}, true, nil, nil, true, true},
+		{"one changed", known(3, pro, two), []delta.FeatureValue{pro, three}, true, []delta.FeatureValue{three}, nil, true, false},
+		{"one new, one gone", known(3, pro), []delta.FeatureValue{two}, true, []delta.FeatureValue{two}, []string{planKey}, true, false},
+		{"all gone: a whole delta of none", known(3, pro, two), nil, true, nil, nil, false, false},
+		{"both changed", known(3, pro, two), []delta.FeatureValue{team, three}, false, []delta.FeatureValue{team, three}, nil, true, false},
+		{"a score that decayed, after an event", known(3, score(9)), []delta.FeatureValue{score(8)}, true, []delta.FeatureValue{score(8)}, nil, true, false},
+		{"a score that decayed, without an event", known(3, score(9)), []delta.FeatureValue{score(8)}, false, []delta.FeatureValue{score(8)}, nil, true, true},
+		{"a score new to the ruleset, without an event", known(3), []delta.FeatureValue{score(8)}, false, []delta.FeatureValue{score(8)}, nil, true, false},
+	} {
+		send, gone, partial, same := diffFeatures(tc.prev, tc.cur, tc.event)
+		if !slices.Equal(send, tc.send) || !slices.Equal(gone, tc.gone) || partial != tc.partial || same != tc.same {
+			t.Errorf("%s: send %v gone %v partial %v same %v; want %v %v %v %v", tc.name, send, gone, partial, same, tc.send, tc.gone, tc.partial, tc.same)
+		}
+	}
+}
+
+// Every wholeEvery-th version carries every feature, whatever the one before it.
+func TestEverySixteenthDeltaOfAUserIsWhole(t *testing.T) {
+	rules := newPlanRules(t)
+	r := newRigWithConfig(t, func(c *Config) { c.Rules = func() Rules { return rules } })
+	r.send(t, event.Event{ID: "e0", UserID: "alice", Type: "identify", Props: map[string]any{"plan": "pro"}, TS: r.clk.Now()})
+	r.next(t)
+	for v := 2; v <= wholeEvery+1; v++ {
+		r.send(t, event.Event{ID: "e" + string(rune('a'+v)), UserID: "alice", Type: "add_to_cart", TS: r.clk.Now()})
+		d := r.next(t)
+		whole := d.Version%wholeEvery == 0
+		if int(d.Version) != v || (d.Base == 0) != whole || (len(d.Features) == 2) != whole {
+			t.Fatalf("version %d: base %d, %d features; want whole = %v", d.Version, d.Base, len(d.Features), whole)
+		}
 	}
 }

@@ -73,7 +73,15 @@ func (o *origin) getUserSegments(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ans := userSegments{UserID: id, Segments: nonNil(rec.Members), Version: rec.Version, Ruleset: o.rulesetVersion()}
-	if r.URL.Query().Get("features") == "1" {
+	switch {
+	case r.URL.Query().Get("features") != "1":
+	case rec.FeaturesKnown:
+		// What every edge that followed DELTAS holds at rec.Version: an edge merges the user's
+		// later deltas, which list only what changed, into this answer. Values computed from
+		// the profile now could be another state (the batch of the next version half applied,
+		// or this origin on another ruleset than the engine that wrote the record).
+		ans.Features = rec.Features
+	default: // a record written before features were recorded, or after an erasure
 		if rules := o.activeRules(); rules != nil && len(rules.EdgeFeatures()) > 0 {
 			p, err := o.store.Get(r.Context(), id)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
