@@ -1119,8 +1119,10 @@ func diffFeatures(prev members.Record, cur []delta.FeatureValue, event bool) (se
 		}
 	}
 	same = same && len(gone) == 0
-	if len(cur) == 0 {
-		return nil, nil, false, same
+	if len(cur) == 0 || len(send) == len(cur) && len(gone) == 0 {
+		// Every value changed (or there are none): a whole delta says the same as briefly, and
+		// an edge that missed the one before needs nothing else.
+		return send, nil, false, same
 	}
 	return send, gone, true, same
 }

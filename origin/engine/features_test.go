@@ -192,8 +192,8 @@ func TestAScoreThatOnlyDecayedIsPublishedWithAnEventOrAnotherChangeOnly(t *testi
 	r.clk.Add(32 * time.Minute) // the cart leaves its window
 	d := r.next(t)
 	got := featureMap(d)
-	if d.Cause != delta.CauseExpiry || d.Version != 3 || d.Base != 2 || got[cartKey] != profile.IntValue(0) || got["score:engagement"].Kind != profile.KindDouble {
-		t.Fatalf("expiry delta %+v, want version 3 relative to 2 with the count at 0 and the score", d)
+	if d.Cause != delta.CauseExpiry || d.Version != 3 || d.Base != 0 || got[cartKey] != profile.IntValue(0) || got["score:engagement"].Kind != profile.KindDouble {
+		t.Fatalf("expiry delta %+v, want version 3 with the count at 0 and the score (both changed: whole)", d)
 	}
 }
 
@@ -223,10 +223,10 @@ func TestDiffFeatures(t *testing.T) {
 		{"one changed", known(3, pro, two), []delta.FeatureValue{pro, three}, true, []delta.FeatureValue{three}, nil, true, false},
 		{"one new, one gone", known(3, pro), []delta.FeatureValue{two}, true, []delta.FeatureValue{two}, []string{planKey}, true, false},
 		{"all gone: a whole delta of none", known(3, pro, two), nil, true, nil, nil, false, false},
-		{"both changed", known(3, pro, two), []delta.FeatureValue{team, three}, false, []delta.FeatureValue{team, three}, nil, true, false},
-		{"a score that decayed, after an event", known(3, score(9)), []delta.FeatureValue{score(8)}, true, []delta.FeatureValue{score(8)}, nil, true, false},
-		{"a score that decayed, without an event", known(3, score(9)), []delta.FeatureValue{score(8)}, false, []delta.FeatureValue{score(8)}, nil, true, true},
-		{"a score new to the ruleset, without an event", known(3), []delta.FeatureValue{score(8)}, false, []delta.FeatureValue{score(8)}, nil, true, false},
+		{"all changed: whole, as brief", known(3, pro, two), []delta.FeatureValue{team, three}, false, []delta.FeatureValue{team, three}, nil, false, false},
+		{"a score that decayed, after an event", known(3, score(9), pro), []delta.FeatureValue{score(8), pro}, true, []delta.FeatureValue{score(8)}, nil, true, false},
+		{"a score that decayed, without an event", known(3, score(9), pro), []delta.FeatureValue{score(8), pro}, false, []delta.FeatureValue{score(8)}, nil, true, true},
+		{"a score new to the ruleset, without an event", known(3, pro), []delta.FeatureValue{score(8), pro}, false, []delta.FeatureValue{score(8)}, nil, true, false},
 	} {
 		send, gone, partial, same := diffFeatures(tc.prev, tc.cur, tc.event)
 		if !slices.Equal(send, tc.send) || !slices.Equal(gone, tc.gone) || partial != tc.partial || same != tc.same {
