@@ -24,8 +24,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -151,7 +151,7 @@ type Engine struct {
 	lm    *leaseMetrics
 	empty *profile.Spec
 	// claims[p] is the partition's lease and worker while this origin holds it, else nil.
-	claims   []atomic.Pointer[claim]
+	claims []atomic.Pointer[claim]
 	// edgeKeys are the wire keys of the last ruleset's edge features, built once per ruleset
 	// instead of once per evaluation.
 	edgeKeys atomic.Pointer[edgeKeys]

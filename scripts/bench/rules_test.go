@@ -1,6 +1,7 @@
-// Package bench holds what scripts/bench-edge.sh needs besides the upstream program: the
-// ruleset it uploads. This test keeps that file valid as the rules vocabulary evolves, so the
-// benchmark never silently measures an edge without a ruleset because of a stale file.
+// Package bench holds what scripts/bench-edge.sh and scripts/bench-origin.sh need besides the
+// upstream program: the rulesets they upload. This test keeps those files valid as the rules
+// vocabulary evolves, so a benchmark never silently measures without a ruleset because of a
+// stale file.
 package bench
 
 import (
@@ -10,46 +11,38 @@ import (
 	"github.com/segedge/segedge/core/rules"
 )
 
-func TestBenchRulesetCompilesAndPassesItsTests(t *testing.T) {
-	data, err := os.ReadFile("rules.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := rules.Parse("rules.yaml", data)
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	rs, err := rules.Compile(f)
-	if err != nil {
-		t.Fatalf("compile: %v", err)
-	}
-	if err := rules.RunTests(f, rs); err != nil {
-		t.Fatalf("the file's own tests: %v", err)
-	}
-	if got := len(f.Slots); got != 3 {
-		t.Errorf("slots = %d, want 3 (hero, promo, footer: the upstream page's slots)", got)
-	}
-}
-
-// The ruleset bench-origin.sh measures changed-only deltas with: valid, passing its own tests, and
-// really reading profile values in request-scoped rules (else its deltas would carry none).
-func TestEdgeFeaturesRulesetCompilesAndReadsProfileValuesAtTheEdge(t *testing.T) {
-	data, err := os.ReadFile("rules-edge-features.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := rules.Parse("rules-edge-features.yaml", data)
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	rs, err := rules.Compile(f)
-	if err != nil {
-		t.Fatalf("compile: %v", err)
-	}
-	if err := rules.RunTests(f, rs); err != nil {
-		t.Fatalf("the file's own tests: %v", err)
-	}
-	if got := len(rs.Manifest.Features()); got < 3 {
-		t.Errorf("%d profile features, want the plan, the cart count and the purchase sum at least", got)
+func TestBenchRulesetsCompileAndPassTheirTests(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		// slots: the edge benchmark's upstream page has hero, promo and footer (0: not checked);
+		// features: at least this many profile values, which every delta carries to the edges.
+		slots, features int
+	}{
+		{file: "rules.yaml", slots: 3},
+		{file: "rules-edge-features.yaml", features: 3}, // bench-origin.sh's changed-only deltas
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			data, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := rules.Parse(tc.file, data)
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			rs, err := rules.Compile(f)
+			if err != nil {
+				t.Fatalf("compile: %v", err)
+			}
+			if err := rules.RunTests(f, rs); err != nil {
+				t.Fatalf("the file's own tests: %v", err)
+			}
+			if tc.slots > 0 && len(f.Slots) != tc.slots {
+				t.Errorf("slots = %d, want %d (hero, promo, footer: the upstream page's slots)", len(f.Slots), tc.slots)
+			}
+			if got := len(rs.Manifest.Features()); got < tc.features {
+				t.Errorf("%d profile features, want at least %d", got, tc.features)
+			}
+		})
 	}
 }
