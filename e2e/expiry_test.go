@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/segedge/segedge/core/bus"
@@ -57,15 +55,7 @@ type seenDelta struct {
 // every delta on, in stream order.
 func watchDeltas(t *testing.T, sys *system) <-chan seenDelta {
 	t.Helper()
-	nc, err := nats.Connect(os.Getenv("NATS_URL"), nats.Timeout(3*time.Second))
-	if err != nil {
-		t.Fatalf("connect to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := systemJS(t, sys)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stream := bus.Topology{Prefix: sys.natsPrefix}.DeltasStream()

@@ -69,8 +69,8 @@ func startEdge(t *testing.T, sys *system, upstream string) (edgeURL, opsURL stri
 	return edgeURL, opsURL
 }
 
-// deltasStream opens the system's DELTAS stream on the NATS server the programs use.
-func deltasStream(t *testing.T, sys *system) jetstream.Stream {
+// systemJS connects to the NATS server the system's programs use.
+func systemJS(t *testing.T, sys *system) jetstream.JetStream {
 	t.Helper()
 	nc, err := nats.Connect(sys.edgeNATS, nats.Timeout(3*time.Second))
 	if err != nil {
@@ -81,6 +81,13 @@ func deltasStream(t *testing.T, sys *system) jetstream.Stream {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// deltasStream opens the system's DELTAS stream on the NATS server the programs use.
+func deltasStream(t *testing.T, sys *system) jetstream.Stream {
+	t.Helper()
+	js := systemJS(t, sys)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, bus.Topology{Prefix: sys.natsPrefix}.DeltasStream())
