@@ -106,5 +106,14 @@ func FuzzDecodeMessage(f *testing.F) {
 				t.Fatalf("accepted an invalid event: %+v", ev)
 			}
 		}
+		// The worker checks a directly published message it read with CheckMessage: every
+		// problem names one of its events, so the others can be applied.
+		if err == nil {
+			for _, fe := range CheckMessage(b, Limits{}, now) {
+				if fe.Index < 0 || fe.Index >= len(evs) || fe.Reason == "" {
+					t.Fatalf("CheckMessage problem %+v for a message of %d events", fe, len(evs))
+				}
+			}
+		}
 	})
 }

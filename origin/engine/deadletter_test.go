@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,4 +90,53 @@ func TestAnEventRefusedOnEveryDeliveryGoesToEventsDLQ(t *testing.T) {
 		t.Errorf("Segedge-Error = %q; want the store's reason", r)
 	}
 	waitNothingPending(ctx, t, n.JS, n.Topology.EventsStream(), deadline)
+}
+
+// Events a backend publishes on EVENTS itself pass the checks of POST /v1/events at the worker:
+// in a message of three, the valid one is applied, and the two that fail (props nested too
+// deep, a ts an hour ahead) go to EVENTS_DLQ with their reasons, counted by field, and the
+// message is acknowledged. Before, they were applied as they were.
+func TestEventsPublishedOnNATSItselfAreCheckedLikeTheIngestChecksThem(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	user := "dora"
+	p := event.Partition(user, r.n.Topology.Partitions)
+	ahead := time.Now().Add(time.Hour).UnixMilli()
+	body := `{"event_id":"ok-1","user_id":"dora","type":"add_to_cart"}` + "\n" +
+		`{"event_id":"deep-1","user_id":"dora","type":"add_to_cart","props":{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}}` + "\n" +
+		fmt.Sprintf(`{"event_id":"ahead-1","user_id":"dora","type":"add_to_cart","ts":%d}`, ahead)
+	if _, err := r.n.JS.Publish(ctx, r.n.Topology.EventSubject(p), []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.next(t); d.UserID != user || !slices.Equal(d.Entered, []string{"cart_abandoner"}) {
+		t.Fatalf("delta = %+v, want dora in cart_abandoner", d)
+	}
+	waitNothingPending(ctx, t, r.n.JS, r.n.Topology.EventsStream(), time.Now().Add(10*time.Second))
+	prof, err := r.eng.cfg.Store.Get(ctx, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := prof.Value(cartFeature, r.clk.Now()); v.Int != 1 {
+		t.Fatalf("dora's cart count = %d, want 1 (the valid event only)", v.Int)
+	}
+	for field, want := range map[string]float64{"props": 1, "ts": 1, "user_id": 0} {
+		if got := testutil.ToFloat64(r.eng.m.directRejected.WithLabelValues(field)); got != want {
+			t.Errorf("rejected for %s = %v, want %v", field, got, want)
+		}
+	}
+	dlq, err := r.n.JS.Stream(ctx, r.n.Topology.EventsDLQStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetLastMsgForSubject(ctx, r.n.Topology.EventsDLQSubject(p))
+	if err != nil {
+		t.Fatalf("nothing in EVENTS_DLQ: %v", err)
+	}
+	got, _, err := event.DecodeMessage(m.Data, nil, nil)
+	if err != nil || len(got) != 2 || got[0].ID != "deep-1" || got[1].ID != "ahead-1" {
+		t.Fatalf("EVENTS_DLQ holds %+v (%v); want deep-1 and ahead-1", got, err)
+	}
+	if reason := m.Header.Get("Segedge-Error"); !strings.Contains(reason, "props") || !strings.Contains(reason, "ts") {
+		t.Errorf("Segedge-Error = %q; want the reasons for props and ts", reason)
+	}
 }

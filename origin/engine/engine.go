@@ -118,6 +118,9 @@ type Config struct {
 	// acknowledged (default 5). Without it such a message came back every second forever,
 	// holding the consumer's ack floor and re-evaluating every other user in it.
 	MaxEventAttempts int
+	// Limits are the checks of POST /v1/events (default event.DefaultLimits), applied by the
+	// workers to the events a backend publishes on EVENTS itself: no receiver checked those.
+	Limits event.Limits
 	// RecordCache is how many users' membership records each partition worker keeps in memory
 	// (records.go; default DefaultRecordCache, negative: none): a cached record is not read
 	// from the members store again while this origin holds the partition.
@@ -652,7 +655,17 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 			trace.End(span, err)
 			continue
 		}
-		stampDirect(m, evs[n0:], accepted[n0:])
+		if stored, direct := stampDirect(m, evs[n0:], accepted[n0:]); direct {
+			kept, _, ok := e.checkDirect(ctx, p, m, evs[n0:], accepted[n0:], stored)
+			evs, accepted = evs[:n0+len(kept)], accepted[:n0+len(kept)] // kept: a prefix of evs[n0:]
+			if ok && len(kept) == 0 {
+				_ = m.Ack() // every event went to EVENTS_DLQ
+			}
+			if !ok || len(kept) == 0 {
+				trace.End(span, nil)
+				continue
+			}
+		}
 		for range len(evs) - n0 {
 			ctxs = append(ctxs, ectx)
 			owner = append(owner, len(keep))
@@ -706,9 +719,11 @@ func (e *Engine) handleBatch(ctx context.Context, p int, msgs []jetstream.Msg) {
 // JetStream stored the message as their acceptance time when they carry none, and as their ts
 // when they carry none ("ts optional: server time"). Without it such an event counted at
 // 1970-01-01, outside every window, and its ingest→profile latency was 56 years. Messages of
-// the origin's ingest carry both, so the metadata is only read for the others.
-func stampDirect(m jetstream.Msg, evs []event.Event, accepted []time.Time) {
-	var stored time.Time
+// the origin's ingest carry both, so the metadata is only read for the others. direct reports
+// that some event carried no acceptance time: no receiver's ingest wrote the message (they
+// stamp every event), so no one checked its events (checkDirect); stored is then when
+// JetStream stored it.
+func stampDirect(m jetstream.Msg, evs []event.Event, accepted []time.Time) (stored time.Time, direct bool) {
 	for i := range evs {
 		if accepted[i].UnixNano() != 0 && evs[i].TS.UnixMilli() != 0 {
 			continue
@@ -716,17 +731,19 @@ func stampDirect(m jetstream.Msg, evs []event.Event, accepted []time.Time) {
 		if stored.IsZero() {
 			md, err := m.Metadata()
 			if err != nil {
-				return // not a JetStream message (tests): leave them as they are
+				return time.Time{}, false // not a JetStream message (tests): leave them as they are
 			}
 			stored = md.Timestamp.UTC()
 		}
 		if accepted[i].UnixNano() == 0 {
 			accepted[i] = stored
+			direct = true
 		}
 		if evs[i].TS.UnixMilli() == 0 {
 			evs[i].TS = stored.Truncate(time.Millisecond)
 		}
 	}
+	return stored, direct
 }
 
 // applyChunk applies one chunk of events, retrying in place until it is done or ctx ends; it

@@ -11,7 +11,7 @@ import (
 type metrics struct {
 	applied, duplicates, poison, applyErrors, evalErrors, publishErrors, deadLettered prometheus.Counter
 	forgotten, notEvaluated                                                           prometheus.Counter
-	deltas                                                                            *prometheus.CounterVec
+	deltas, directRejected                                                            *prometheus.CounterVec
 	applyDur, ingestToProfile, ingestToDelta, expiryLateness                          prometheus.Histogram
 	lag                                                                               *prometheus.GaugeVec
 	batchSize, deltaBatchSize                                                         prometheus.Histogram
@@ -27,7 +27,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Applied events of a type the active ruleset does not read: the profile was updated but not evaluated (no segment's inputs changed)."}),
 		forgotten: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profiles_forgotten_total",
 			Help: "Users erased everywhere (erase delta, memberships, member counts) because their profile expired after SEGEDGE_RETENTION with no event."}),
-		deadLettered:    prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_dead_lettered_total", Help: "Events the profile store refused on every one of MaxEventAttempts deliveries, moved to EVENTS_DLQ."}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_dead_lettered_total", Help: "Events the profile store refused on every one of MaxEventAttempts deliveries, moved to EVENTS_DLQ."}),
+		directRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segedge_origin_direct_events_rejected_total",
+			Help: "Events a backend published on EVENTS itself that fail the checks of POST /v1/events, moved to EVENTS_DLQ with their reasons, by the first field at fault (event: the event as a whole)."}, []string{"field"}),
 		poison:          prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_events_unreadable_total", Help: "Messages on EVENTS that could not be decoded and were dropped."}),
 		applyErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_profile_update_failures_total", Help: "Profile updates that failed and will be retried."}),
 		evalErrors:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segedge_origin_eval_failures_total", Help: "Ruleset evaluations that failed."}),
@@ -46,7 +48,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []string{"event", "expiry", "ruleset", "erase"} {
 		m.deltas.WithLabelValues(c)
 	}
-	reg.MustRegister(m.applied, m.forgotten, m.notEvaluated, m.duplicates, m.poison, m.deadLettered, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
+	for _, f := range []string{"event", "event_id", "user_id", "type", "ts", "props"} {
+		m.directRejected.WithLabelValues(f)
+	}
+	reg.MustRegister(m.applied, m.forgotten, m.notEvaluated, m.duplicates, m.poison, m.deadLettered, m.directRejected, m.applyErrors, m.evalErrors, m.publishErrors, m.deltas,
 		m.applyDur, m.ingestToProfile, m.ingestToDelta, m.expiryLateness, m.lag, m.batchSize, m.deltaBatchSize)
 	return m
 }

@@ -199,7 +199,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	eng, err := engine.New(engine.Config{
 		JS: js, Topology: topo, Store: st.profiles, Members: st.members, Schedule: st.schedule,
 		Rules: s.activeRules, ConsumerName: "origin", Registerer: reg, Log: log, Triggers: firer,
-		OriginID: cfg.OriginID, LeaseTTL: cfg.LeaseTTL, Retention: cfg.Retention,
+		OriginID: cfg.OriginID, LeaseTTL: cfg.LeaseTTL, Retention: cfg.Retention, Limits: s.limits,
 	})
 	if err != nil {
 		return err
