@@ -546,7 +546,9 @@ func (c *compiler) analyse(e ast.Expr) error {
 			}
 		}
 	}
-	c.timeMark(call)
+	if err := c.timeMark(e, call); err != nil {
+		return err
+	}
 	if call.IsMemberFunction() {
 		if err := c.analyse(call.Target()); err != nil {
 			return err
@@ -567,13 +569,22 @@ var mirrored = map[string]string{
 	operators.Equals: operators.Equals, operators.NotEquals: operators.NotEquals,
 }
 
+// MaxTimeMarks is the most distinct constants the rules of one file may compare one since() or
+// score() with. The origin looks for the next mark after every evaluation (profile.NextExpiry),
+// so their number is bounded like every other cost a rules file sets; real rules use a few.
+const MaxTimeMarks = 256
+
 // timeMark records the time mark of a comparison of since() or score() with a numeric literal
-// (see Manifest.TimeMarks); any other call records nothing.
-func (c *compiler) timeMark(call ast.CallExpr) {
+// (see Manifest.TimeMarks); any other call records nothing. More than MaxTimeMarks marks for one
+// feature is an error.
+func (c *compiler) timeMark(e ast.Expr, call ast.CallExpr) error {
 	op := call.FunctionName()
 	args := call.Args()
 	if _, cmp := mirrored[op]; !cmp || len(args) != 2 {
-		return
+		return nil
+	}
+	tooMany := func(fn, name string) error {
+		return c.errorAt(e, "more than %d distinct constants are compared with %s(%q) in this file; the origin schedules a re-evaluation at each of them", MaxTimeMarks, fn, name)
 	}
 	for i := range 2 {
 		x, ok := numberLit(args[1-i])
@@ -594,8 +605,11 @@ func (c *compiler) timeMark(call ast.CallExpr) {
 		if r.fn == fnScore {
 			if x != 0 && !math.IsInf(x, 0) && !math.IsNaN(x) {
 				c.m.ScoreMarks = addMark(c.m.ScoreMarks, name, x)
+				if len(c.m.ScoreMarks[name]) > MaxTimeMarks {
+					return tooMany(fnScore, name)
+				}
 			}
-			return
+			return nil
 		}
 		// since() is whole seconds: the comparison turns at the first whole k for which
 		// "since op x" differs from its answer at k-1.
@@ -613,8 +627,12 @@ func (c *compiler) timeMark(call ast.CallExpr) {
 				c.m.SinceMarks = addMark(c.m.SinceMarks, name, int64(k))
 			}
 		}
-		return
+		if len(c.m.SinceMarks[name]) > MaxTimeMarks {
+			return tooMany(fnSince, name)
+		}
+		return nil
 	}
+	return nil
 }
 
 // maxSinceMark is the largest since() mark profile.NewSpec accepts, in seconds.

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"reflect"
 	"strings"
@@ -127,3 +128,33 @@ func TestTimeMarksInTheManifestJSON(t *testing.T) {
 }
 
 func slicesEqual[T comparable](a, b []T) bool { return reflect.DeepEqual(a, b) }
+
+// A file may compare one since() or score() with at most MaxTimeMarks distinct constants: the
+// origin looks for the next one after every evaluation. One more is a compile error naming the
+// feature; MaxTimeMarks is fine.
+func TestTimeMarksPerFeatureAreBounded(t *testing.T) {
+	rule := func(fn string, n int) string {
+		var parts []string
+		for i := 1; i <= n; i++ {
+			parts = append(parts, fmt.Sprintf("%s < %d", fn, i*10))
+		}
+		return strings.Join(parts, " || ")
+	}
+	for _, tc := range []struct {
+		fn    string
+		n     int
+		fails bool
+	}{
+		{`since("page_view")`, MaxTimeMarks, false},
+		{`since("page_view")`, MaxTimeMarks + 1, true},
+		{`score("engagement")`, MaxTimeMarks, false},
+		{`score("engagement")`, MaxTimeMarks + 1, true},
+	} {
+		f := &File{Scores: []ScoreDef{{Name: "engagement", HalfLife: time.Hour}},
+			Segments: []SegmentDef{{Name: "s", Rule: rule(tc.fn, tc.n)}}}
+		_, err := Compile(f)
+		if (err != nil) != tc.fails || (err != nil && !strings.Contains(err.Error(), "more than 256 distinct constants")) {
+			t.Errorf("%s with %d constants: err = %v, want failure %v", tc.fn, tc.n, err, tc.fails)
+		}
+	}
+}
