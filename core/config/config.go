@@ -131,21 +131,91 @@ func CheckAddr(setting, addr string) error {
 	return nil
 }
 
-// CheckURL reports whether raw is an absolute URL with one of the schemes.
+// CheckURL reports whether raw is an absolute URL with one of the schemes (compared without
+// regard to case, as url.Parse lower-cases the scheme). Its errors show the URL with its
+// password hidden (RedactURL): the programs print them at startup, into logs.
 func CheckURL(setting, raw string, schemes ...string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("%s %q is not a URL: %v", setting, raw, err)
+		return fmt.Errorf("%s %q is not a URL: %v", setting, RedactURL(raw), RedactURLError(raw, err))
 	}
 	if u.Host == "" {
-		return fmt.Errorf("%s %q has no host; want e.g. %s://127.0.0.1:port", setting, raw, schemes[0])
+		return fmt.Errorf("%s %q has no host; want e.g. %s://127.0.0.1:port", setting, RedactURL(raw), schemes[0])
 	}
 	for _, s := range schemes {
 		if strings.EqualFold(u.Scheme, s) {
 			return nil
 		}
 	}
-	return fmt.Errorf("%s %q: scheme %q is not one of %s", setting, raw, u.Scheme, strings.Join(schemes, ", "))
+	return fmt.Errorf("%s %q: scheme %q is not one of %s", setting, RedactURL(raw), u.Scheme, strings.Join(schemes, ", "))
+}
+
+// redacted stands for a hidden password, as in url.URL.Redacted.
+const redacted = "xxxxx"
+
+// RedactURL returns raw with the password of its user information replaced by "xxxxx", for
+// messages and logs. It works on the text, not on a parse, because it must also hide the
+// password of a URL that does not parse, or that url.Parse splits elsewhere than its author
+// meant: in "redis://user:pa/ss@h" a password with an unescaped '/' ends the authority early,
+// url.Parse sees host "user:pa" and path "/ss@h", and url.URL.Redacted hides nothing. So the
+// user information is everything between "://" (or the start, without one) and the LAST '@';
+// the user name before its first ':' is kept when it holds no '/', '?' or '#' (else the whole
+// of it is hidden). It hides too much when an '@' sits in the path or query ("redis://h/0?a=b@c"
+// becomes "redis://h:xxxxx@c"), which is the safe side for a message.
+func RedactURL(raw string) string {
+	prefix, rest, hidden, ok := splitUserinfo(raw)
+	if !ok {
+		return raw
+	}
+	at := len(hidden)
+	user, _, hasPass := strings.Cut(hidden, ":")
+	switch {
+	case strings.ContainsAny(user, "/?#"):
+		return prefix + redacted + rest[at:]
+	case hasPass:
+		return prefix + user + ":" + redacted + rest[at:]
+	default:
+		return raw // a user name and no password
+	}
+}
+
+// splitUserinfo splits raw into what comes before the user information (the scheme and
+// "://"), and the rest, whose part before the last '@' is the user information (userinfo).
+// ok is false when raw has no '@'.
+func splitUserinfo(raw string) (prefix, rest, userinfo string, ok bool) {
+	rest = raw
+	if i := strings.Index(raw, "://"); i >= 0 {
+		prefix, rest = raw[:i+3], raw[i+3:]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return "", "", "", false
+	}
+	return prefix, rest, rest[:at], true
+}
+
+// RedactURLError returns err, an error from parsing the URL raw (by url.Parse, or by a parser
+// built on it), in a form that does not show the password of raw. A *url.Error quotes the whole
+// URL: it gets the redacted one. And when the password holds '/', '?' or '#' unescaped, the
+// parser saw pieces of it as the host, path or query, and its message may quote such a piece
+// (`invalid port ":pa" after host`): that message is replaced by a hint to percent-encode them.
+// err is changed in place when it is or wraps a *url.Error.
+func RedactURLError(raw string, err error) error {
+	if err == nil {
+		return nil
+	}
+	_, _, userinfo, ok := splitUserinfo(raw)
+	if !ok {
+		return err
+	}
+	if strings.ContainsAny(userinfo, "/?#") {
+		return errors.New("not a valid URL: percent-encode '/', '?', '#', '@' and ':' in the user name and password (the parser's message is not shown, as it may quote part of the password)")
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = RedactURL(ue.URL)
+	}
+	return err
 }
 
 // OneLine renders err on a single line (joined errors are separated by "; "), for the one line

@@ -67,11 +67,64 @@ func TestCheckURL(t *testing.T) {
 		{"127.0.0.1:4222", false},
 		{"http://%zz", false},
 		{"ftp://x:1", false},
+		{"REDIS://127.0.0.1:6379", true}, // schemes are case-insensitive (the Redis store's ParseURL agrees)
 	}
 	for _, tt := range tests {
 		err := CheckURL("NATS_URL", tt.raw, "nats", "redis", "tls", "rediss")
 		if (err == nil) != tt.ok {
 			t.Errorf("CheckURL(%q) = %v, want ok=%v", tt.raw, err, tt.ok)
+		}
+	}
+}
+
+// RedactURL finds the password by the last '@', so that a password holding '/', '?', '#', '@'
+// or ':' is hidden whole, also when the URL does not parse or url.Parse splits it elsewhere.
+func TestRedactURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"redis://127.0.0.1:6379/0":                    "redis://127.0.0.1:6379/0",
+		"redis://user@h:1":                            "redis://user@h:1",
+		"redis://user:pw@h:1/0?a=b":                   "redis://user:xxxxx@h:1/0?a=b",
+		"redis://:pw@h:1":                             "redis://:xxxxx@h:1",
+		"redis://user:s3cr/et@h":                      "redis://user:xxxxx@h",
+		"redis://user:s3cr?et@h":                      "redis://user:xxxxx@h",
+		"redis://user:s3cr#et@h":                      "redis://user:xxxxx@h",
+		"redis://user:s3@c:r@h:notaport":              "redis://user:xxxxx@h:notaport",
+		"redis+cluster://u:p/w@h1:7000,h2:7001?x=1":   "redis+cluster://u:xxxxx@h1:7000,h2:7001?x=1",
+		"redis://s3cr/et@h":                           "redis://xxxxx@h",
+		"user:pw@h:1":                                 "user:xxxxx@h:1",
+		"redis://h:1/0?name=a@b":                      "redis://h:xxxxx@b", // an '@' in the query: too much hidden, never too little
+		"nats://127.0.0.1:4222":                       "nats://127.0.0.1:4222",
+		"https://user:pw@collector:4318/v1/traces?x=": "https://user:xxxxx@collector:4318/v1/traces?x=",
+	} {
+		if got := RedactURL(raw); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+// The programs print CheckURL's errors at startup: they show no password, whole or in part.
+func TestCheckURLErrorsHideThePassword(t *testing.T) {
+	for raw, pass := range map[string]string{
+		"redis://user:Sec1Ret2@h:notaport":   "Sec1Ret2",
+		"redis://user:Sec1/Ret2@h:6379":      "Sec1/Ret2",
+		"redis://user:Sec1?Ret2@h:6379":      "Sec1?Ret2",
+		"redis://user:Sec1@Ret2@h:notaport":  "Sec1@Ret2",
+		"redis://user:Sec1:Ret2@h:notaport":  "Sec1:Ret2",
+		"redis://user:Sec1%zzRet2@h:6379":    "Sec1%zzRet2",
+		"ftp://user:Sec1Ret2@h:1":            "Sec1Ret2",
+		"redis://user:Sec1Ret2@/0":           "Sec1Ret2",
+		"user:Sec1Ret2@h:6379":               "Sec1Ret2",
+		"redis://user:Sec1/Ret2@h:notaport/": "Sec1/Ret2",
+	} {
+		err := CheckURL("REDIS_URL", raw, "redis", "rediss")
+		if err == nil {
+			t.Errorf("CheckURL(%q) accepted it, want an error", raw)
+			continue
+		}
+		for _, piece := range append(strings.FieldsFunc(pass, func(r rune) bool { return strings.ContainsRune("/?#@:%", r) }), pass) {
+			if strings.Contains(err.Error(), piece) {
+				t.Errorf("CheckURL error shows %q of the password %q: %v", piece, pass, err)
+			}
 		}
 	}
 }

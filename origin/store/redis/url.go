@@ -1,12 +1,15 @@
 package redis
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/segedge/segedge/core/config"
 )
 
 // ClientOptions say how to connect to the Redis a URL names: one server, or a Redis Cluster.
@@ -27,14 +30,16 @@ type ClientOptions struct {
 // which alone would read "h1:p1,h2:p2" as one bogus address). A cluster has database 0 only,
 // so a cluster URL with another database is refused rather than silently using 0.
 func ParseURL(rawURL string) (ClientOptions, error) {
-	scheme, rest, ok := strings.Cut(rawURL, "+cluster://")
-	if !ok || (scheme != "redis" && scheme != "rediss") {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	scheme = strings.ToLower(scheme) // as url.Parse does, and config.CheckURL
+	if !ok || (scheme != "redis+cluster" && scheme != "rediss+cluster") {
 		o, err := goredis.ParseURL(rawURL)
 		if err != nil {
-			return ClientOptions{}, fmt.Errorf("parse Redis URL %q: %w", redact(rawURL), err)
+			return ClientOptions{}, parseError(rawURL, err)
 		}
 		return ClientOptions{Single: o}, nil
 	}
+	scheme = strings.TrimSuffix(scheme, "+cluster")
 	authority, tail := rest, ""
 	if i := strings.IndexAny(rest, "/?"); i >= 0 {
 		authority, tail = rest[:i], rest[i:]
@@ -46,15 +51,15 @@ func ParseURL(rawURL string) (ClientOptions, error) {
 	nodes := strings.Split(hosts, ",")
 	for _, n := range nodes {
 		if n == "" {
-			return ClientOptions{}, fmt.Errorf("parse Redis URL %q: empty node address", redact(rawURL))
+			return ClientOptions{}, parseError(rawURL, errors.New("empty node address"))
 		}
 	}
 	u, err := url.Parse(scheme + "://" + userinfo + nodes[0] + tail)
 	if err != nil {
-		return ClientOptions{}, fmt.Errorf("parse Redis URL %q: %w", redact(rawURL), err)
+		return ClientOptions{}, parseError(rawURL, err)
 	}
 	if db := strings.Trim(u.Path, "/"); db != "" && db != "0" {
-		return ClientOptions{}, fmt.Errorf("parse Redis URL %q: a Redis Cluster has database 0 only, not %s", redact(rawURL), db)
+		return ClientOptions{}, parseError(rawURL, fmt.Errorf("a Redis Cluster has database 0 only, not %s", db))
 	}
 	u.Path = ""
 	q := u.Query()
@@ -64,30 +69,16 @@ func ParseURL(rawURL string) (ClientOptions, error) {
 	u.RawQuery = q.Encode()
 	o, err := goredis.ParseClusterURL(u.String())
 	if err != nil {
-		return ClientOptions{}, fmt.Errorf("parse Redis URL %q: %w", redact(rawURL), err)
+		return ClientOptions{}, parseError(rawURL, err)
 	}
 	return ClientOptions{Cluster: o}, nil
 }
 
-// redact hides the password of a URL for error messages.
-func redact(rawURL string) string {
-	scheme, rest, ok := strings.Cut(rawURL, "://")
-	if !ok {
-		return rawURL
-	}
-	end := strings.IndexAny(rest, "/?")
-	if end < 0 {
-		end = len(rest)
-	}
-	at := strings.LastIndex(rest[:end], "@")
-	if at < 0 {
-		return rawURL
-	}
-	user, _, hasPass := strings.Cut(rest[:at], ":")
-	if !hasPass {
-		return rawURL
-	}
-	return scheme + "://" + user + ":xxxxx" + rest[at:]
+// parseError is err, from parsing rawURL, with the URL (config.RedactURL) and err
+// (config.RedactURLError: url.Parse's errors quote the URL they parsed) shown without the
+// password: the origin prints it at startup, into logs.
+func parseError(rawURL string, err error) error {
+	return fmt.Errorf("parse Redis URL %q: %w", config.RedactURL(rawURL), config.RedactURLError(rawURL, err))
 }
 
 // SetTimeouts sets the dial, read and write timeouts, of the one server or of every node.
