@@ -32,6 +32,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
@@ -139,24 +140,25 @@ const (
 )
 
 // Scan implements store.Store with SCAN over the profile keys. On Redis Cluster it scans every
-// master in turn; the cursor is "<master index>:<SCAN cursor>".
+// master in turn, in the order of their addresses.
+//
+// The cursor is "0:<SCAN cursor>" on one server, and "<master address>|<SCAN cursor>|<masters>"
+// on a Cluster, where <masters> is a hash of the addresses of all the masters (mastersHash). It
+// names the master by its address, not by its place in the list, and carries the list's hash,
+// because the list is read again at each call: after a failover (a replica's address is now a
+// master's), a shrink or a growth, a place would name another master, whose SCAN would resume at
+// a cursor of another node, or none at all — and "no next master" reads as the end of the scan,
+// so the rescan (origin/engine/rescan.go) would mark its partitions done with users never
+// visited. When the masters changed, Scan returns an error instead: the rescan pass then fails
+// and starts again from "" at its next round. Cursors live only within a pass, never stored.
 func (s *Store) Scan(ctx context.Context, cursor string, count int) ([]string, string, error) {
-	node, cur := 0, uint64(0)
-	if cursor != "" {
-		ns, cs, ok := strings.Cut(cursor, ":")
-		var err1, err2 error
-		node, err1 = strconv.Atoi(ns)
-		cur, err2 = strconv.ParseUint(cs, 10, 64)
-		if !ok || err1 != nil || err2 != nil || node < 0 {
-			return nil, "", fmt.Errorf("scan profiles: bad cursor %q", cursor)
-		}
-	}
-	clients, err := s.masters(ctx)
+	ms, err := s.masters(ctx)
 	if err != nil {
 		return nil, "", fmt.Errorf("scan profiles: %w", err)
 	}
-	if node >= len(clients) {
-		return nil, "", nil
+	node, cur, err := ms.decodeCursor(cursor)
+	if err != nil {
+		return nil, "", fmt.Errorf("scan profiles: %w", err)
 	}
 	// SCAN's COUNT is how many keys Redis looks at, matching or not. On a database shared with
 	// other data (or other prefixes) most keys do not match, so one call with COUNT = count would
@@ -168,7 +170,7 @@ func (s *Store) Scan(ctx context.Context, cursor string, count int) ([]string, s
 	var ids []string
 	next := cur
 	for looked := int64(0); ; looked += hint {
-		keys, n, err := clients[node].Scan(ctx, next, match, hint).Result()
+		keys, n, err := ms.clients[node].Scan(ctx, next, match, hint).Result()
 		if err != nil {
 			return nil, "", fmt.Errorf("scan profiles: %w", err)
 		}
@@ -185,20 +187,27 @@ func (s *Store) Scan(ctx context.Context, cursor string, count int) ([]string, s
 	}
 	switch {
 	case next != 0:
-		return ids, strconv.Itoa(node) + ":" + strconv.FormatUint(next, 10), nil
-	case node+1 < len(clients):
-		return ids, strconv.Itoa(node+1) + ":0", nil
+		return ids, ms.encodeCursor(node, next), nil
+	case node+1 < len(ms.clients):
+		return ids, ms.encodeCursor(node+1, 0), nil
 	default:
 		return ids, "", nil
 	}
 }
 
-// masters returns the clients to SCAN: the one client, or every Cluster master ordered by
-// address so that a cursor's master index means the same master from call to call.
-func (s *Store) masters(ctx context.Context) ([]goredis.Cmdable, error) {
+// scanNodes are the servers Scan walks: the one server, or the Cluster's masters ordered by
+// address (addrs[i] is clients[i]'s) with the hash of that list.
+type scanNodes struct {
+	clients []goredis.Cmdable
+	addrs   []string // nil on one server
+	hash    string
+}
+
+// masters returns the servers to SCAN.
+func (s *Store) masters(ctx context.Context) (scanNodes, error) {
 	cc, ok := s.c.(*goredis.ClusterClient)
 	if !ok {
-		return []goredis.Cmdable{s.c}, nil
+		return scanNodes{clients: []goredis.Cmdable{s.c}}, nil
 	}
 	var mu sync.Mutex
 	var clients []*goredis.Client
@@ -209,14 +218,66 @@ func (s *Store) masters(ctx context.Context) ([]goredis.Cmdable, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list cluster masters: %w", err)
+		return scanNodes{}, fmt.Errorf("list cluster masters: %w", err)
 	}
 	slices.SortFunc(clients, func(a, b *goredis.Client) int { return strings.Compare(a.Options().Addr, b.Options().Addr) })
-	out := make([]goredis.Cmdable, len(clients))
+	ms := scanNodes{clients: make([]goredis.Cmdable, len(clients)), addrs: make([]string, len(clients))}
 	for i, c := range clients {
-		out[i] = c
+		ms.clients[i], ms.addrs[i] = c, c.Options().Addr
 	}
-	return out, nil
+	ms.hash = mastersHash(ms.addrs)
+	return ms, nil
+}
+
+// mastersHash names a list of master addresses in a cursor (FNV-1a, 32 bits, hex): short, and
+// two lists that differ get the same name only by a 1 in 4 billion chance.
+func mastersHash(addrs []string) string {
+	h := fnv.New32a()
+	for _, a := range addrs {
+		h.Write([]byte(a))
+		h.Write([]byte{','})
+	}
+	return strconv.FormatUint(uint64(h.Sum32()), 16)
+}
+
+// encodeCursor is the cursor of SCAN cursor cur on node.
+func (ms scanNodes) encodeCursor(node int, cur uint64) string {
+	if ms.addrs == nil {
+		return strconv.Itoa(node) + ":" + strconv.FormatUint(cur, 10)
+	}
+	return ms.addrs[node] + "|" + strconv.FormatUint(cur, 10) + "|" + ms.hash
+}
+
+// decodeCursor returns the node and SCAN cursor a cursor of encodeCursor names; "" is the start.
+// It fails when the cursor names a master that is not one now, or was made when the masters
+// were others (see Scan).
+func (ms scanNodes) decodeCursor(cursor string) (node int, cur uint64, err error) {
+	if cursor == "" {
+		return 0, 0, nil
+	}
+	if ms.addrs == nil {
+		ns, cs, ok := strings.Cut(cursor, ":")
+		node, err1 := strconv.Atoi(ns)
+		cur, err2 := strconv.ParseUint(cs, 10, 64)
+		if !ok || err1 != nil || err2 != nil || node != 0 {
+			return 0, 0, fmt.Errorf("bad cursor %q", cursor)
+		}
+		return node, cur, nil
+	}
+	parts := strings.Split(cursor, "|")
+	if len(parts) != 3 {
+		return 0, 0, fmt.Errorf("bad cursor %q for a Redis Cluster", cursor)
+	}
+	cur, err = strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bad cursor %q for a Redis Cluster", cursor)
+	}
+	node = slices.Index(ms.addrs, parts[0])
+	if node < 0 || parts[2] != ms.hash {
+		return 0, 0, fmt.Errorf("cursor %q: the cluster's masters changed since the scan began (now %s); scan again from the start",
+			cursor, strings.Join(ms.addrs, ","))
+	}
+	return node, cur, nil
 }
 
 // Close closes the client if the store opened it.
