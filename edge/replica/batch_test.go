@@ -10,7 +10,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/segedge/segedge/core/bus"
 	"github.com/segedge/segedge/core/delta"
 	"github.com/segedge/segedge/core/testenv"
 	"github.com/segedge/segedge/core/trace"
@@ -36,12 +35,7 @@ func batchBody(t *testing.T, ds ...*delta.Delta) []byte {
 }
 
 func TestAppliesEveryDeltaOfAMessageInOrderAndSkipsWhatItCannotRead(t *testing.T) {
-	n := testenv.StartNATS(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	n, ctx := startStreams(t)
 	var order []string
 	r, err := New(Config{Topology: n.Topology, OnChange: func(user string, _, e *Entry) {
 		order = append(order, user) // the consumer goroutine only

@@ -30,6 +30,19 @@ func publish(t *testing.T, n *testenv.NATS, d *delta.Delta) {
 	}
 }
 
+// startStreams starts a NATS server with the project's streams, and a context that ends with the
+// test (a replica's Run stops with it).
+func startStreams(t *testing.T) (*testenv.NATS, context.Context) {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return n, ctx
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -47,12 +60,7 @@ func memberNames(r *Replica, user string) []string {
 }
 
 func TestReplaysThenFollowsDeltasDroppingStaleVersions(t *testing.T) {
-	n := testenv.StartNATS(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	n, ctx := startStreams(t)
 	// Published before the replica starts: replayed.
 	publish(t, n, &delta.Delta{UserID: "alice", Version: 1, Members: []string{"vip"}})
 	publish(t, n, &delta.Delta{UserID: "alice", Version: 2, Members: []string{"vip", "cart"},
@@ -211,12 +219,7 @@ func TestFeatureValuesKeepTheirKind(t *testing.T) {
 // sequence; a replica started on it has nothing to replay and is caught up at once, not when the
 // next delta arrives.
 func TestAReplicaOnAStreamWithNoMessagesLeftIsCaughtUp(t *testing.T) {
-	n := testenv.StartNATS(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := bus.EnsureStreams(ctx, n.JS, n.Topology, bus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	n, ctx := startStreams(t)
 	publish(t, n, &delta.Delta{UserID: "alice", Version: 1, Members: []string{"vip"}})
 	s, err := n.JS.Stream(ctx, n.Topology.DeltasStream())
 	if err != nil {
