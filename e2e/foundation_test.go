@@ -67,16 +67,25 @@ func startSystem(t *testing.T, svc services, upstream string, edgeEnv ...string)
 	sys.originURL = "http://" + originAddr
 	waitStatus(t, sys.origin, sys.originURL+"/readyz", 200, 20*time.Second)
 
-	edgeAddr, opsAddr := freeAddr(t), freeAddr(t)
 	sys.edgeNATS = natsURL
-	sys.edge = start(t, "edge", append([]string{
-		"EDGE_ADDR=" + edgeAddr, "EDGE_OPS_ADDR=" + opsAddr, "UPSTREAM_URL=" + upstream,
-		"ORIGIN_URL=" + sys.originURL, "NATS_URL=" + natsURL, "SEGEDGE_NATS_PREFIX=" + sys.natsPrefix,
-		"SEGEDGE_ORIGIN_TOKEN=read-secret",
-		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789"}, edgeEnv...)...)
-	sys.edgeURL, sys.edgeOpsURL = "http://"+edgeAddr, "http://"+opsAddr
-	waitStatus(t, sys.edge, sys.edgeOpsURL+"/readyz", 200, 20*time.Second)
+	sys.edge, sys.edgeURL, sys.edgeOpsURL = startEdge(t, sys, upstream, edgeEnv...)
 	return sys
+}
+
+// startEdge runs an edge of sys (its origin, NATS, prefix and cookie key, so a visitor's cookie
+// names the same user at every edge) with env added, and returns it with its public and ops
+// URLs once it is ready: connected, ruleset read, DELTAS replayed.
+func startEdge(t *testing.T, sys *system, upstream string, env ...string) (p *proc, edgeURL, opsURL string) {
+	t.Helper()
+	addr, ops := freeAddr(t), freeAddr(t)
+	p = start(t, "edge", append([]string{
+		"EDGE_ADDR=" + addr, "EDGE_OPS_ADDR=" + ops, "UPSTREAM_URL=" + upstream,
+		"ORIGIN_URL=" + sys.originURL, "NATS_URL=" + sys.edgeNATS, "SEGEDGE_NATS_PREFIX=" + sys.natsPrefix,
+		"SEGEDGE_ORIGIN_TOKEN=read-secret",
+		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789"}, env...)...)
+	edgeURL, opsURL = "http://"+addr, "http://"+ops
+	waitStatus(t, p, opsURL+"/readyz", 200, 20*time.Second)
+	return p, edgeURL, opsURL
 }
 
 // testUpstream is a site with a few kinds of response a proxy must pass on untouched.

@@ -53,22 +53,6 @@ const (
 	lookupSample = `segedge_edge_replica_origin_lookups_total{result="found"}`
 )
 
-// startEdge runs one more edge of sys, as startSystem runs the first (same origin, NATS, prefix
-// and cookie key, so a visitor's cookie names the same user), and returns its public and ops
-// URLs once it is ready: connected, ruleset read, DELTAS replayed.
-func startEdge(t *testing.T, sys *system, upstream string) (edgeURL, opsURL string) {
-	t.Helper()
-	addr, ops := freeAddr(t), freeAddr(t)
-	p := start(t, "edge",
-		"EDGE_ADDR="+addr, "EDGE_OPS_ADDR="+ops, "UPSTREAM_URL="+upstream,
-		"ORIGIN_URL="+sys.originURL, "NATS_URL="+sys.edgeNATS, "SEGEDGE_NATS_PREFIX="+sys.natsPrefix,
-		"SEGEDGE_ORIGIN_TOKEN=read-secret",
-		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789")
-	edgeURL, opsURL = "http://"+addr, "http://"+ops
-	waitStatus(t, p, opsURL+"/readyz", 200, 20*time.Second)
-	return edgeURL, opsURL
-}
-
 // systemJS connects to the NATS server the system's programs use.
 func systemJS(t *testing.T, sys *system) jetstream.JetStream {
 	t.Helper()
@@ -257,7 +241,7 @@ func TestPartialDeltasPersonalizeLikeWholeOnesAtEveryEdge(t *testing.T) {
 			if err := stream.Purge(ctx, jetstream.WithPurgeSequence(tc.keepFrom(t))); err != nil {
 				t.Fatalf("trim DELTAS: %v", err)
 			}
-			edgeURL, opsURL := startEdge(t, sys, upstream)
+			_, edgeURL, opsURL := startEdge(t, sys, upstream)
 			if v := metricValue(t, opsURL+"/metrics", gapSample); v != tc.gapsAtStart {
 				t.Fatalf("after replay: %s = %v, want %v", gapSample, v, tc.gapsAtStart)
 			}

@@ -30,12 +30,8 @@ func TestRulesetSwapsReachEveryEdgeWithoutFailedOrMixedResponses(t *testing.T) {
 	up := siteUpstream(t)
 	sys := startSystem(t, services{}, up.URL)
 	// A second edge on the same NATS.
-	edge2Addr, ops2 := freeAddr(t), freeAddr(t)
-	edge2 := start(t, "edge", "EDGE_ADDR="+edge2Addr, "EDGE_OPS_ADDR="+ops2, "UPSTREAM_URL="+up.URL,
-		"NATS_URL="+sys.edgeNATS, "SEGEDGE_NATS_PREFIX="+sys.natsPrefix,
-		"SEGEDGE_COOKIE_KEY=test-cookie-key-0123456789abcdef0123456789")
-	waitStatus(t, edge2, "http://"+ops2+"/readyz", 200, 20*time.Second)
-	edges := []string{sys.edgeURL, "http://" + edge2Addr}
+	_, edge2URL, _ := startEdge(t, sys, up.URL)
+	edges := []string{sys.edgeURL, edge2URL}
 
 	push := func(n int) {
 		req, _ := http.NewRequest("PUT", sys.originURL+"/v1/rulesets", strings.NewReader(swapRules(n)))
